@@ -1,0 +1,42 @@
+"""The events app's settings, read through one accessor (settings.EVENT_BUS)."""
+
+from dataclasses import dataclass
+from typing import Any
+
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+
+
+@dataclass(frozen=True)
+class BusSettings:
+    max_queue_size: int
+    overflow: str
+    handler_timeout: float | None
+    shutdown_timeout: float
+
+
+def bus_settings() -> BusSettings:
+    """The bus settings with defaults, validated so a bad value fails at start-up with its name."""
+    raw: dict[str, Any] = getattr(settings, "EVENT_BUS", {}) or {}
+    max_queue_size = raw.get("MAX_QUEUE_SIZE", 10_000)
+    if not isinstance(max_queue_size, int) or isinstance(max_queue_size, bool) or max_queue_size < 1:
+        raise ImproperlyConfigured(
+            f"EVENT_BUS['MAX_QUEUE_SIZE'] must be a positive integer, not {max_queue_size!r}"
+        )
+    overflow = raw.get("OVERFLOW", "wait")
+    if overflow not in ("wait", "drop"):
+        raise ImproperlyConfigured(f"EVENT_BUS['OVERFLOW'] must be 'wait' or 'drop', not {overflow!r}")
+    handler_timeout = raw.get("HANDLER_TIMEOUT", 30.0)
+    if handler_timeout is not None and (not isinstance(handler_timeout, int | float) or handler_timeout <= 0):
+        raise ImproperlyConfigured(
+            f"EVENT_BUS['HANDLER_TIMEOUT'] must be positive or None, not {handler_timeout!r}"
+        )
+    shutdown_timeout = raw.get("SHUTDOWN_TIMEOUT", 30.0)
+    if not isinstance(shutdown_timeout, int | float) or shutdown_timeout < 0:
+        raise ImproperlyConfigured(f"EVENT_BUS['SHUTDOWN_TIMEOUT'] must be >= 0, not {shutdown_timeout!r}")
+    return BusSettings(
+        max_queue_size=max_queue_size,
+        overflow=overflow,
+        handler_timeout=float(handler_timeout) if handler_timeout is not None else None,
+        shutdown_timeout=float(shutdown_timeout),
+    )

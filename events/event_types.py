@@ -1,0 +1,59 @@
+"""The event types and categories of the contract, as string enums."""
+
+from enum import StrEnum
+
+
+class EventCategory(StrEnum):
+    AGENT = "agent"
+    SESSION = "session"
+    TOOL = "tool"
+    HITL = "hitl"
+    SYSTEM = "system"
+    METRICS = "metrics"
+
+
+class EventType(StrEnum):
+    AGENT_SWITCHED = "agent_switched"
+    AGENT_PROCESSING_STARTED = "agent_processing_started"
+    AGENT_PROCESSING_COMPLETED = "agent_processing_completed"
+    AGENT_ERROR_OCCURRED = "agent_error_occurred"
+    TOOL_EXECUTION_REQUESTED = "tool_execution_requested"
+    TOOL_EXECUTION_COMPLETED = "tool_execution_completed"
+    TOOL_EXECUTION_FAILED = "tool_execution_failed"
+    TOOL_APPROVAL_REQUIRED = "tool_approval_required"
+    HITL_DECISION_MADE = "hitl_decision_made"
+    SESSION_CREATED = "session_created"
+    MESSAGE_ADDED = "message_added"
+
+
+# The category each known type belongs to; an event built with a known type and no category gets this one.
+DEFAULT_CATEGORY: dict[str, EventCategory] = {
+    EventType.AGENT_SWITCHED: EventCategory.AGENT,
+    EventType.AGENT_PROCESSING_STARTED: EventCategory.AGENT,
+    EventType.AGENT_PROCESSING_COMPLETED: EventCategory.AGENT,
+    EventType.AGENT_ERROR_OCCURRED: EventCategory.AGENT,
+    EventType.TOOL_EXECUTION_REQUESTED: EventCategory.TOOL,
+    EventType.TOOL_EXECUTION_COMPLETED: EventCategory.TOOL,
+    EventType.TOOL_EXECUTION_FAILED: EventCategory.TOOL,
+    EventType.TOOL_APPROVAL_REQUIRED: EventCategory.HITL,
+    EventType.HITL_DECISION_MADE: EventCategory.HITL,
+    EventType.SESSION_CREATED: EventCategory.SESSION,
+    EventType.MESSAGE_ADDED: EventCategory.SESSION,
+}
+
+
+def coerce_event_type(value: str) -> str:
+    """Return the EventType member for a known value, else the plain string (more types may be added)."""
+    try:
+        return EventType(value)
+    except ValueError:
+        return str(value)
+
+
+def coerce_category(value: str) -> EventCategory:
+    """Return the EventCategory member for `value`, raising ValueError naming the allowed ones."""
+    try:
+        return EventCategory(value)
+    except ValueError:
+        allowed = ", ".join(c.value for c in EventCategory)
+        raise ValueError(f"event_category {value!r} is not one of: {allowed}") from None
