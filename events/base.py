@@ -34,6 +34,18 @@ STORED_ONLY_KEYS = frozenset({"position"})
 
 def ensure_json_safe(value: Any, path: str = "data") -> None:
     """Raise TypeError/ValueError naming the first key of `value` that JSON cannot carry faithfully."""
+    # Fast path, taken on every publish: a flat dict of strings, integers, booleans and nulls.
+    if type(value) is dict:
+        for key, item in value.items():
+            kind = type(item)
+            if type(key) is not str or not (kind is str or kind is int or kind is bool or item is None):
+                break
+        else:
+            return
+    _check_json(value, path)
+
+
+def _check_json(value: Any, path: str) -> None:
     kind = type(value)
     if kind is str or kind is bool or kind is int or value is None:
         return
@@ -43,11 +55,11 @@ def ensure_json_safe(value: Any, path: str = "data") -> None:
                 raise TypeError(
                     f"{path} has a key {key!r} of type {type(key).__name__}; JSON keys are strings"
                 )
-            ensure_json_safe(item, f"{path}[{key!r}]")
+            _check_json(item, f"{path}[{key!r}]")
         return
     if kind is list or kind is tuple:
         for index, item in enumerate(value):
-            ensure_json_safe(item, f"{path}[{index}]")
+            _check_json(item, f"{path}[{index}]")
         return
     if isinstance(value, float):
         if not math.isfinite(value):

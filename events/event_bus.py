@@ -17,6 +17,7 @@ import atexit
 import inspect
 import logging
 import threading
+from collections import deque
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Future as ThreadFuture
 from contextvars import ContextVar
@@ -34,6 +35,13 @@ Middleware = Callable[[BaseEvent], Awaitable[BaseEvent | None] | BaseEvent | Non
 OverflowPolicy = Literal["wait", "drop"]
 # A queued event, the future its waiting publisher awaits (if any), and whether middleware is still due.
 _QueueItem = tuple[BaseEvent, "asyncio.Future[None] | None", bool]
+# A handler as dispatch calls it: the callable, whether to await it directly (async, no timeout), its
+# timeout, and its name for the log.
+_Route = tuple[Handler, bool, float | None, str]
+# The consumer yields to the loop after this many events in a row.
+YIELD_EVERY = 256
+_get_ident = threading.get_ident
+_UNCHANGED = object()
 
 # The event whose handlers are running in this context: events published from inside a handler
 # inherit its correlation id and name it as their cause.
@@ -121,14 +129,19 @@ class EventBus:
     ) -> None:
         self._subscriptions: list[Subscription] = []
         self._middleware: list[tuple[Middleware, bool]] = []
-        self._handler_cache: dict[tuple[str, str], tuple[Subscription, ...]] = {}
+        self._handler_cache: dict[tuple[str, str], tuple[_Route, ...]] = {}
         self._order = 0
         self._lock = threading.RLock()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._queue: asyncio.Queue[_QueueItem] | None = None
-        self._consumer: asyncio.Task[None] | None = None
-        self._pending = 0  # queued events plus the one the consumer is handling
+        self._loop_thread: int | None = None
         self._thread: threading.Thread | None = None
+        self._items: deque[_QueueItem]
+        self._space_waiters: deque[asyncio.Future[None]]
+        self._idle_waiters: list[asyncio.Future[None]]
+        self._consumer_wakeup: asyncio.Future[None] | None
+        self._consumer: asyncio.Task[None] | None
+        self._pending: int
+        self._reset_queue()
         self.configure(max_queue_size=max_queue_size, overflow=overflow, handler_timeout=handler_timeout)
         self.reset_stats()
 
@@ -137,9 +150,12 @@ class EventBus:
         *,
         max_queue_size: int | None = None,
         overflow: OverflowPolicy | None = None,
-        handler_timeout: float | None = None,
+        handler_timeout: float | None | object = _UNCHANGED,
     ) -> None:
-        """Set the queue bound, the policy for a full queue ("wait" or "drop") and the default timeout."""
+        """Set the queue bound, the policy for a full queue ("wait" or "drop") and the default timeout.
+
+        Arguments left out keep their value; `handler_timeout=None` means no default timeout.
+        """
         if max_queue_size is not None:
             if not isinstance(max_queue_size, int) or isinstance(max_queue_size, bool) or max_queue_size < 1:
                 raise ValueError(f"max_queue_size must be a positive integer, not {max_queue_size!r}")
@@ -148,10 +164,17 @@ class EventBus:
             if overflow not in ("wait", "drop"):
                 raise ValueError(f"overflow must be 'wait' or 'drop', not {overflow!r}")
             self.overflow: OverflowPolicy = overflow
-        if handler_timeout is not None:
-            if handler_timeout <= 0:
-                raise ValueError(f"handler_timeout must be positive, not {handler_timeout!r}")
-        self.handler_timeout = handler_timeout
+        if handler_timeout is not _UNCHANGED:
+            if handler_timeout is not None and (
+                not isinstance(handler_timeout, int | float)
+                or isinstance(handler_timeout, bool)
+                or handler_timeout <= 0
+            ):
+                raise ValueError(
+                    f"handler_timeout must be a positive number or None, not {handler_timeout!r}"
+                )
+            self.handler_timeout: float | None = handler_timeout
+            self._handler_cache = {}
 
     # Subscriptions
 
@@ -267,16 +290,17 @@ class EventBus:
         """The current subscriptions, in the order they were made."""
         return tuple(self._subscriptions)
 
-    def _handlers_for(self, event_type: str, event_category: str) -> tuple[Subscription, ...]:
-        key = (event_type, event_category)
-        handlers = self._handler_cache.get(key)
-        if handlers is None:
-            with self._lock:
-                matching = [sub for sub in self._subscriptions if sub.matches(event_type, event_category)]
-                matching.sort(key=lambda sub: (-sub.priority, sub.order))
-                handlers = tuple(matching)
-                self._handler_cache[key] = handlers
-        return handlers
+    def _routes_for(self, event_type: str, event_category: str) -> tuple[_Route, ...]:
+        with self._lock:
+            matching = [sub for sub in self._subscriptions if sub.matches(event_type, event_category)]
+            matching.sort(key=lambda sub: (-sub.priority, sub.order))
+            routes: list[_Route] = []
+            for sub in matching:
+                timeout = sub.timeout or self.handler_timeout
+                routes.append((sub.handler, sub.is_async and timeout is None, timeout, sub.name))
+            result = tuple(routes)
+            self._handler_cache[(event_type, event_category)] = result
+        return result
 
     # Statistics
 
@@ -305,7 +329,7 @@ class EventBus:
             failed_handlers=self._failed,
             timed_out_handlers=self._timed_out,
             events_by_type={str(key): count for key, count in self._by_type.items()},
-            queue_depth=self._queue.qsize() if self._queue is not None else 0,
+            queue_depth=len(self._items),
             queue_max_size=self.max_queue_size,
             overflow_policy=self.overflow,
             pending=self._pending,
@@ -324,6 +348,45 @@ class EventBus:
         """
         if not isinstance(event, BaseEvent):
             raise TypeError(f"publish takes a BaseEvent, not {type(event).__name__}")
+        loop = self._loop
+        if loop is None or self._loop_thread != _get_ident() or not loop.is_running() or self._middleware:
+            return await self._publish_slow(event, wait_for_handlers)
+
+        # The common path, inlined: the caller runs on the bus loop and there is no middleware.
+        parent = _current_event.get()
+        if parent is not None and parent is not event:
+            if event.causation_id is None:
+                event.causation_id = parent.event_id
+            if event.correlation_id is None:
+                event.correlation_id = parent.correlation_id or parent.event_id
+        if event.correlation_id is None:
+            event.correlation_id = event.event_id
+        ensure_json_safe(event.data)
+        self._published += 1
+        by_type = self._by_type
+        event_type = event.event_type
+        by_type[event_type] = by_type.get(event_type, 0) + 1
+        if wait_for_handlers:
+            if self._pending == 0:
+                await self._dispatch(event)
+                return True
+            return await self._wait_in_queue(event)
+        items = self._items
+        if len(items) >= self.max_queue_size:
+            return await self._enqueue(event, None)
+        items.append((event, None, False))
+        self._pending += 1
+        wakeup = self._consumer_wakeup
+        if wakeup is not None:
+            self._consumer_wakeup = None
+            if not wakeup.done():
+                wakeup.set_result(None)
+        elif self._consumer is None:
+            self._start_consumer()
+        return True
+
+    async def _publish_slow(self, event: BaseEvent, wait_for_handlers: bool) -> bool:
+        """Publish with middleware, or from a loop the bus is not bound to (binding or handing over)."""
         self._stamp(event)
         running = asyncio.get_running_loop()
         loop = self._loop
@@ -376,63 +439,76 @@ class EventBus:
             event.correlation_id = event.event_id
 
     async def _publish_here(self, event: BaseEvent, wait_for_handlers: bool) -> bool:
-        """Publish on the bus's own loop (the caller runs on it)."""
+        """Publish on the bus's own loop (the caller runs on it); the event is stamped already."""
         if self._middleware:
             changed = await self._run_middleware(event)
             if changed is None:
                 return False
             event = changed
         ensure_json_safe(event.data)
-        self._published += 1
-        by_type = self._by_type
-        event_type = event.event_type
-        by_type[event_type] = by_type.get(event_type, 0) + 1
-
+        self._count_published(event)
         if wait_for_handlers:
             if self._pending == 0:
                 await self._dispatch(event)
                 return True
-            done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            if not await self._enqueue(event, done):
-                return False
-            await done
-            return True
+            return await self._wait_in_queue(event)
         return await self._enqueue(event, None)
+
+    def _count_published(self, event: BaseEvent) -> None:
+        self._published += 1
+        self._by_type[event.event_type] = self._by_type.get(event.event_type, 0) + 1
 
     def _publish_nowait(self, event: BaseEvent) -> bool:
         """Queue from synchronous code on the bus loop; middleware, being async, runs when it is handled."""
         run_middleware = bool(self._middleware)
         if not run_middleware:
             ensure_json_safe(event.data)
-        queue = self._ensure_queue()
-        if queue.full():
-            self._dropped_queue_full += 1
-            logger.warning("event bus queue is full (%d): dropped %s", self.max_queue_size, event.event_id)
+        if len(self._items) >= self.max_queue_size:
+            self._refuse(event)
             return False
-        self._published += 1
-        self._pending += 1
-        queue.put_nowait((event, None, run_middleware))
+        if not run_middleware:
+            self._count_published(event)
+        self._push((event, None, run_middleware))
+        return True
+
+    async def _wait_in_queue(self, event: BaseEvent) -> bool:
+        """Queue an event whose publisher waits for its handlers, behind the events queued before it."""
+        assert self._loop is not None
+        done: asyncio.Future[None] = self._loop.create_future()
+        if not await self._enqueue(event, done):
+            return False
+        await done
         return True
 
     async def _enqueue(self, event: BaseEvent, done: asyncio.Future[None] | None) -> bool:
-        queue = self._ensure_queue()
-        if queue.full():
+        items = self._items
+        if len(items) >= self.max_queue_size:
             if self.overflow == "drop":
-                self._dropped_queue_full += 1
-                logger.warning(
-                    "event bus queue is full (%d): dropped %s", self.max_queue_size, event.event_id
-                )
+                self._refuse(event)
                 return False
-            self._pending += 1
-            try:
-                await queue.put((event, done, False))
-            except BaseException:
-                self._pending -= 1
-                raise
-            return True
-        self._pending += 1
-        queue.put_nowait((event, done, False))
+            loop = self._loop
+            assert loop is not None
+            while len(items) >= self.max_queue_size:
+                room: asyncio.Future[None] = loop.create_future()
+                self._space_waiters.append(room)
+                await room
+        self._push((event, done, False))
         return True
+
+    def _refuse(self, event: BaseEvent) -> None:
+        self._dropped_queue_full += 1
+        logger.warning("event bus queue is full (%d): dropped %s", self.max_queue_size, event.event_id)
+
+    def _push(self, item: _QueueItem) -> None:
+        self._items.append(item)
+        self._pending += 1
+        wakeup = self._consumer_wakeup
+        if wakeup is not None:
+            self._consumer_wakeup = None
+            if not wakeup.done():
+                wakeup.set_result(None)
+        elif self._consumer is None:
+            self._start_consumer()
 
     async def _run_middleware(self, event: BaseEvent) -> BaseEvent | None:
         for middleware, is_async in self._middleware:
@@ -462,37 +538,32 @@ class EventBus:
         return event
 
     async def _dispatch(self, event: BaseEvent) -> None:
-        handlers = self._handler_cache.get((event.event_type, event.event_category))
-        if handlers is None:
-            handlers = self._handlers_for(event.event_type, event.event_category)
-        if not handlers:
+        routes = self._handler_cache.get((event.event_type, event.event_category))
+        if routes is None:
+            routes = self._routes_for(event.event_type, event.event_category)
+        if not routes:
             return
+        succeeded = 0
         token = _current_event.set(event)
         try:
-            for sub in handlers:
+            for handler, direct, timeout, name in routes:
                 try:
-                    timeout = sub.timeout or self.handler_timeout
-                    if sub.is_async:
-                        if timeout is None:
-                            await sub.handler(event)
-                        else:
-                            await asyncio.wait_for(sub.handler(event), timeout)
-                    elif timeout is None:
-                        await _run_sync_in_thread(sub.handler, event)
+                    if direct:
+                        await handler(event)
                     else:
-                        await asyncio.wait_for(_run_sync_in_thread(sub.handler, event), timeout)
-                    self._successful += 1
+                        await self._call_guarded(handler, timeout, event)
+                    succeeded += 1
                 except TimeoutError:
                     if timeout is None:  # the handler's own TimeoutError, not ours
                         self._failed += 1
                         logger.exception(
-                            "event handler %s failed on %s %s", sub.name, event.event_type, event.event_id
+                            "event handler %s failed on %s %s", name, event.event_type, event.event_id
                         )
                         continue
                     self._timed_out += 1
                     logger.error(
                         "event handler %s timed out after %ss on %s %s",
-                        sub.name,
+                        name,
                         timeout,
                         event.event_type,
                         event.event_id,
@@ -500,15 +571,30 @@ class EventBus:
                 except Exception:
                     self._failed += 1
                     logger.exception(
-                        "event handler %s failed on %s %s", sub.name, event.event_type, event.event_id
+                        "event handler %s failed on %s %s", name, event.event_type, event.event_id
                     )
         finally:
+            self._successful += succeeded
             _current_event.reset(token)
+
+    @staticmethod
+    async def _call_guarded(handler: Handler, timeout: float | None, event: BaseEvent) -> None:
+        """A plain handler (in a worker thread) or one with a timeout."""
+        if _is_async_callable(handler):
+            call = handler(event)
+        else:
+            call = _run_sync_in_thread(handler, event)
+        if timeout is None:
+            await call
+        else:
+            await asyncio.wait_for(call, timeout)
 
     # The loop, the queue and the consumer
 
-    def bind(self, loop: asyncio.AbstractEventLoop) -> asyncio.AbstractEventLoop:
-        """Make `loop` the one handlers run on (the server calls this at start-up)."""
+    def bind(
+        self, loop: asyncio.AbstractEventLoop, thread_id: int | None = None
+    ) -> asyncio.AbstractEventLoop:
+        """Make `loop` (running in `thread_id`, by default this thread) the one handlers run on."""
         with self._lock:
             current = self._loop
             if current is loop:
@@ -521,59 +607,93 @@ class EventBus:
                 )
                 self._lost += self._pending
             self._loop = loop
-            self._queue = None
-            self._consumer = None
-            self._pending = 0
+            self._loop_thread = _get_ident() if thread_id is None else thread_id
+            self._reset_queue()
             return loop
 
-    def _ensure_queue(self) -> asyncio.Queue[_QueueItem]:
-        queue = self._queue
-        if queue is None:
-            queue = self._queue = asyncio.Queue(maxsize=self.max_queue_size)
-        consumer = self._consumer
-        if consumer is None or consumer.done():
-            assert self._loop is not None
-            self._consumer = self._loop.create_task(self._consume(queue), name="event-bus-consumer")
-        return queue
+    def _reset_queue(self) -> None:
+        self._items = deque()
+        self._space_waiters = deque()
+        self._idle_waiters = []
+        self._consumer_wakeup = None
+        self._consumer = None
+        self._pending = 0  # queued events plus the one the consumer is handling
 
-    async def _consume(self, queue: asyncio.Queue[_QueueItem]) -> None:
+    def _start_consumer(self) -> None:
+        assert self._loop is not None
+        self._consumer = self._loop.create_task(self._consume(), name="event-bus-consumer")
+
+    async def _consume(self) -> None:
+        loop = asyncio.get_running_loop()
+        items = self._items
+        space_waiters = self._space_waiters
+        handled = 0
         while True:
-            event, done, run_middleware = await queue.get()
+            if not items:
+                idle = self._idle_waiters
+                if idle:
+                    self._idle_waiters = []
+                    for waiter in idle:
+                        if not waiter.done():
+                            waiter.set_result(None)
+                wakeup = loop.create_future()
+                self._consumer_wakeup = wakeup
+                await wakeup
+                handled = 0
+                continue
+            event, done, run_middleware = items.popleft()
+            while space_waiters:
+                room = space_waiters.popleft()
+                if not room.done():
+                    room.set_result(None)
+                    break
             try:
                 if run_middleware:
                     changed = await self._run_middleware(event)
                     if changed is not None:
                         ensure_json_safe(changed.data)
-                        self._by_type[changed.event_type] = self._by_type.get(changed.event_type, 0) + 1
+                        self._count_published(changed)
                         await self._dispatch(changed)
                 else:
                     await self._dispatch(event)
             except asyncio.CancelledError:
+                self._pending -= 1
                 if done is not None and not done.done():
                     done.cancel()
                 raise
             except Exception:
-                # _dispatch isolates handlers; this is a bug in the bus or unsafe data from middleware.
+                # _dispatch isolates handlers; this is unsafe data from middleware, or a bug in the bus.
                 self._failed += 1
                 logger.exception("event bus failed to deliver %s", event.event_id)
-            finally:
-                self._pending -= 1
-                queue.task_done()
+            self._pending -= 1
             if done is not None and not done.done():
                 done.set_result(None)
+            handled += 1
+            if handled >= YIELD_EVERY:
+                # A long burst must not starve the server's other tasks (requests, WebSockets).
+                handled = 0
+                await asyncio.sleep(0)
+
+    async def _wait_idle(self) -> None:
+        if self._pending == 0:
+            return
+        assert self._loop is not None
+        waiter: asyncio.Future[None] = self._loop.create_future()
+        self._idle_waiters.append(waiter)
+        await waiter
 
     async def drain(self, timeout: float | None = None) -> bool:
         """Wait until every accepted event has been handled; False if `timeout` ran out first."""
         loop = self._loop
-        queue = self._queue
-        if loop is None or queue is None or loop.is_closed():
+        if loop is None or loop.is_closed():
             return True
-        running = asyncio.get_running_loop()
         waiter: Awaitable[Any]
-        if loop is running:
-            waiter = queue.join()
+        if loop is asyncio.get_running_loop():
+            waiter = self._wait_idle()
+        elif loop.is_running():
+            waiter = asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self._wait_idle(), loop))
         else:
-            waiter = asyncio.wrap_future(asyncio.run_coroutine_threadsafe(queue.join(), loop))
+            return self._pending == 0
         try:
             await asyncio.wait_for(waiter, timeout)
         except TimeoutError:
@@ -583,10 +703,9 @@ class EventBus:
     def drain_sync(self, timeout: float | None = None) -> bool:
         """Block until every accepted event has been handled (from a thread that is not the bus's)."""
         loop = self._loop
-        queue = self._queue
-        if loop is None or queue is None or loop.is_closed() or not loop.is_running():
-            return True
-        future = asyncio.run_coroutine_threadsafe(asyncio.wait_for(queue.join(), timeout), loop)
+        if loop is None or loop.is_closed() or not loop.is_running():
+            return self._pending == 0
+        future = asyncio.run_coroutine_threadsafe(asyncio.wait_for(self._wait_idle(), timeout), loop)
         try:
             future.result()
         except TimeoutError:
@@ -604,6 +723,7 @@ class EventBus:
             except asyncio.CancelledError:
                 pass
         self._consumer = None
+        self._consumer_wakeup = None
         return drained
 
     def _start_own_loop(self) -> asyncio.AbstractEventLoop:
@@ -623,7 +743,7 @@ class EventBus:
         thread.start()
         started.wait()
         self._thread = thread
-        self.bind(loop)
+        self.bind(loop, thread_id=thread.ident)
         atexit.register(self._stop_own_loop, loop)
         return loop
 
@@ -650,9 +770,8 @@ class EventBus:
                 own.join(timeout=5)
             self._thread = None
             self._loop = None
-            self._queue = None
-            self._consumer = None
-            self._pending = 0
+            self._loop_thread = None
+            self._reset_queue()
 
 
 event_bus = EventBus()

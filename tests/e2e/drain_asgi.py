@@ -23,7 +23,7 @@ async def slow_writer(event: BaseEvent) -> None:
 event_bus.subscribe(event_type="burst_tick", event_category="system", handler=slow_writer)
 
 
-async def application(scope, receive, send):  # type: ignore[no-untyped-def]
+async def application(scope, receive, send):
     if scope["type"] == "http" and scope["path"] == "/burst":
         for n in range(200):
             await event_bus.publish(BaseEvent("burst_tick", "system", data={"n": n}))

@@ -452,3 +452,37 @@ async def test_bad_arguments_are_refused_clearly(bus):
         EventBus(max_queue_size=0)
     with pytest.raises(TypeError, match="unsubscribe needs"):
         bus.unsubscribe()
+
+
+async def test_a_long_burst_does_not_starve_the_loop(bus):
+    """The consumer yields now and then, so requests and sockets on the same loop keep being served."""
+    handled: list[int] = []
+    progress_seen_by_other_task: list[int] = []
+
+    @bus.subscribe()
+    async def record(event):
+        handled.append(1)
+
+    async def other_task():
+        while len(handled) < 3000:
+            progress_seen_by_other_task.append(len(handled))
+            await asyncio.sleep(0)
+
+    bus.configure(max_queue_size=5000)
+    ticker = asyncio.ensure_future(other_task())
+    for n in range(3000):
+        await bus.publish(BaseEvent("tick", "metrics", data={"n": n}))
+    await bus.drain()
+    await ticker
+    # The other task saw the consumer part-way through the burst, not only before and after it.
+    assert any(0 < seen < 3000 for seen in progress_seen_by_other_task)
+
+
+def test_configure_keeps_what_it_is_not_given():
+    bus = EventBus(handler_timeout=5)
+    bus.configure(max_queue_size=7)
+    assert (bus.handler_timeout, bus.max_queue_size, bus.overflow) == (5, 7, "wait")
+    bus.configure(handler_timeout=None)
+    assert bus.handler_timeout is None
+    with pytest.raises(ValueError, match="handler_timeout"):
+        bus.configure(handler_timeout=-1)
