@@ -92,6 +92,9 @@ def _database() -> dict[str, Any]:
             "transaction_mode": "IMMEDIATE",
             "timeout": 20,
         }
+        # Tests run on a file too: the store's writer thread needs its own connection to the same
+        # database, which an in-memory database cannot give with WAL.
+        config["TEST"] = {"NAME": str(VAR_DIR / "test_db.sqlite3")}
     elif engine == "django.db.backends.postgresql":
         config.setdefault("OPTIONS", {})
         config["CONN_HEALTH_CHECKS"] = True

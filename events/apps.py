@@ -6,6 +6,7 @@ class EventsConfig(AppConfig):
     verbose_name = "Events"
 
     def ready(self) -> None:
+        from . import signals
         from .conf import bus_settings
         from .event_bus import event_bus
 
@@ -15,3 +16,4 @@ class EventsConfig(AppConfig):
             overflow=config.overflow,  # type: ignore[arg-type]
             handler_timeout=config.handler_timeout,
         )
+        signals.connect()

@@ -38,7 +38,9 @@ def ensure_json_safe(value: Any, path: str = "data") -> None:
     if type(value) is dict:
         for key, item in value.items():
             kind = type(item)
-            if type(key) is not str or not (kind is str or kind is int or kind is bool or item is None):
+            if type(key) is not str or not (
+                (kind is str and "\x00" not in item) or kind is int or kind is bool or item is None
+            ):
                 break
         else:
             return
@@ -47,7 +49,11 @@ def ensure_json_safe(value: Any, path: str = "data") -> None:
 
 def _check_json(value: Any, path: str) -> None:
     kind = type(value)
-    if kind is str or kind is bool or kind is int or value is None:
+    if kind is str:
+        if "\x00" in value:
+            raise ValueError(f"{path} contains a NUL character, which the store cannot keep")
+        return
+    if kind is bool or kind is int or value is None:
         return
     if kind is dict:
         for key, item in value.items():
@@ -94,6 +100,20 @@ def parse_timestamp(value: datetime | str) -> datetime:
     return moment.astimezone(UTC)
 
 
+MAX_TYPE_LENGTH = 100
+MAX_ID_LENGTH = 255
+MAX_VERSION_LENGTH = 16
+
+
+def _check_length(name: str, value: str | None, limit: int) -> None:
+    if value is None:
+        return
+    if len(value) > limit:
+        raise ValueError(f"{name} is {len(value)} characters long; at most {limit} are allowed")
+    if "\x00" in value:
+        raise ValueError(f"{name} contains a NUL character")
+
+
 def _optional_str(name: str, value: Any) -> str | None:
     if value is None or type(value) is str:
         return value
@@ -104,7 +124,7 @@ def _optional_str(name: str, value: Any) -> str | None:
 
 def _load_typed_events() -> None:
     """Import the typed event modules so their classes are registered for from_dict."""
-    from . import agent_events, session_events, tool_events  # noqa: F401
+    from . import agent_events, session_events, system_events, tool_events  # noqa: F401
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +170,12 @@ class BaseEvent:
     data_fields: ClassVar[tuple[DataField, ...]] = ()
     registry: ClassVar[dict[str, type[BaseEvent]]] = {}
 
+    # Not part of the event itself: set by the store (position), by the server for who acted (actor),
+    # and by replay (replayed), so handlers can tell a replay from the original.
+    position: int | None = None
+    actor: str | None = None
+    replayed: bool = False
+
     event_id: str
     event_type: str
     event_category: EventCategory
@@ -188,6 +214,7 @@ class BaseEvent:
             raise TypeError(f"{name} needs an event_type")
         if not isinstance(event_type, str):
             raise TypeError(f"event_type must be a string, not {type(event_type).__name__}")
+        _check_length("event_type", event_type, MAX_TYPE_LENGTH)
         self.event_type = coerce_event_type(event_type)
         if event_category is None:
             event_category = self.event_category_default or DEFAULT_CATEGORY.get(self.event_type)
@@ -212,6 +239,9 @@ class BaseEvent:
         if not isinstance(version, str):
             raise TypeError(f"version must be a string, not {type(version).__name__}")
         self.version = version
+        for name in ("session_id", "correlation_id", "causation_id", "source"):
+            _check_length(name, getattr(self, name), MAX_ID_LENGTH)
+        _check_length("version", version, MAX_VERSION_LENGTH)
 
         if data is not None and not isinstance(data, Mapping):
             raise TypeError(f"data must be an object, not {type(data).__name__}")
@@ -239,8 +269,11 @@ class BaseEvent:
     # JSON
 
     def to_dict(self) -> dict[str, Any]:
-        """The event as the contract's JSON object (plain strings, ISO timestamp with `Z`)."""
-        return {
+        """The event as the contract's JSON object (plain strings, ISO timestamp with `Z`).
+
+        A stored event (one with a `position`) carries its position too, as the contract says.
+        """
+        payload: dict[str, Any] = {
             "event_id": self.event_id,
             "event_type": str(self.event_type),
             "event_category": str(self.event_category),
@@ -252,6 +285,9 @@ class BaseEvent:
             "source": self.source,
             "version": self.version,
         }
+        if self.position is not None:
+            payload["position"] = self.position
+        return payload
 
     def to_json(self) -> str:
         """The event serialised as compact JSON."""
@@ -283,8 +319,15 @@ class BaseEvent:
         if data is None:
             data = {}
         if target is BaseEvent:
-            return BaseEvent(event_type, payload.get("event_category"), data=data, **kwargs)
-        return target(event_category=payload.get("event_category"), data=data, **kwargs)
+            event = BaseEvent(event_type, payload.get("event_category"), data=data, **kwargs)
+        else:
+            event = target(event_category=payload.get("event_category"), data=data, **kwargs)
+        position = payload.get("position")
+        if position is not None:
+            if not isinstance(position, int) or isinstance(position, bool) or position < 1:
+                raise ValueError(f"position must be a positive integer, not {position!r}")
+            event.position = position
+        return event
 
     @classmethod
     def from_json(cls, text: str | bytes) -> BaseEvent:

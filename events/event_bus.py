@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextvars
 import inspect
 import logging
 import threading
@@ -48,9 +49,28 @@ _UNCHANGED = object()
 _current_event: ContextVar[BaseEvent | None] = ContextVar("events_current_event", default=None)
 
 
+# While the handlers of an event whose publisher waits run: more things that publisher waits for.
+_completions: ContextVar[list[Awaitable[Any]] | None] = ContextVar("events_completions", default=None)
+
+
 def current_event() -> BaseEvent | None:
     """The event whose handler is running in this context, if any."""
     return _current_event.get()
+
+
+def wait_also(awaitable: Awaitable[Any]) -> bool:
+    """From a handler: make a publisher that waits for handlers wait for `awaitable` too.
+
+    The store uses it so that `publish(e, wait_for_handlers=True)` returns only once `e` is committed,
+    without holding up the handlers of other events meanwhile. Returns False (and the publisher does
+    not wait) when the event was published fire-and-forget. An exception of `awaitable` is raised to
+    the publisher.
+    """
+    pending = _completions.get()
+    if pending is None:
+        return False
+    pending.append(awaitable)
+    return True
 
 
 def _is_async_callable(fn: Any) -> bool:
@@ -86,6 +106,20 @@ def _django_close_old_connections() -> Callable[[], None] | None:
 
 
 _run_sync_in_thread = SyncToAsync(_run_sync_handler, thread_sensitive=False)
+
+
+def _chain(source: asyncio.Future[Any], target: asyncio.Future[None]) -> None:
+    def copy_outcome(finished: asyncio.Future[Any]) -> None:
+        if target.done():
+            return
+        if finished.cancelled():
+            target.cancel()
+        elif (error := finished.exception()) is not None:
+            target.set_exception(error)
+        else:
+            target.set_result(None)
+
+    source.add_done_callback(copy_outcome)
 
 
 class BusStats(dict[str, Any]):
@@ -135,6 +169,7 @@ class EventBus:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
         self._thread: threading.Thread | None = None
+        self._shutdown_hooks: list[Callable[[float | None], Awaitable[Any]]] = []
         self._items: deque[_QueueItem]
         self._space_waiters: deque[asyncio.Future[None]]
         self._idle_waiters: list[asyncio.Future[None]]
@@ -354,12 +389,14 @@ class EventBus:
 
         # The common path, inlined: the caller runs on the bus loop and there is no middleware.
         parent = _current_event.get()
-        if parent is not None and parent is not event:
+        if event.replayed:
+            pass
+        elif parent is not None and parent is not event:
             if event.causation_id is None:
                 event.causation_id = parent.event_id
             if event.correlation_id is None:
                 event.correlation_id = parent.correlation_id or parent.event_id
-        if event.correlation_id is None:
+        if event.correlation_id is None and not event.replayed:
             event.correlation_id = event.event_id
         ensure_json_safe(event.data)
         self._published += 1
@@ -368,7 +405,7 @@ class EventBus:
         by_type[event_type] = by_type.get(event_type, 0) + 1
         if wait_for_handlers:
             if self._pending == 0:
-                await self._dispatch(event)
+                await self._dispatch_waited(event)
                 return True
             return await self._wait_in_queue(event)
         items = self._items
@@ -428,6 +465,8 @@ class EventBus:
         return future.result(timeout)
 
     def _stamp(self, event: BaseEvent) -> None:
+        if event.replayed:
+            return  # a replayed event keeps the ids it was stored with
         parent = _current_event.get()
         if parent is not None and parent is not event:
             if event.causation_id is None:
@@ -449,10 +488,64 @@ class EventBus:
         self._count_published(event)
         if wait_for_handlers:
             if self._pending == 0:
-                await self._dispatch(event)
+                await self._dispatch_waited(event)
                 return True
             return await self._wait_in_queue(event)
         return await self._enqueue(event, None)
+
+    async def _dispatch_waited(self, event: BaseEvent) -> None:
+        """Run the handlers in this task, then wait for what they asked the publisher to wait for."""
+        extra: list[Awaitable[Any]] = []
+        token = _completions.set(extra)
+        try:
+            await self._dispatch(event)
+        finally:
+            _completions.reset(token)
+        if extra:
+            await asyncio.gather(*extra)
+
+    async def publish_many(self, events: list[BaseEvent], wait_for_handlers: bool = False) -> list[bool]:
+        """Publish `events` in list order; with `wait_for_handlers`, return once all were handled.
+
+        Unlike awaiting `publish` for each, the waiting happens once at the end, so the store commits
+        the whole list in a few batches. Returns one result per event, as `publish` does.
+        """
+        events = list(events)
+        for event in events:
+            if not isinstance(event, BaseEvent):
+                raise TypeError(f"publish_many takes BaseEvents, not {type(event).__name__}")
+        for event in events:
+            self._stamp(event)
+        running = asyncio.get_running_loop()
+        loop = self._loop
+        if loop is not running and (loop is None or loop.is_closed() or not loop.is_running()):
+            loop = self.bind(running)
+        if loop is running:
+            return await self._publish_many_here(events, wait_for_handlers)
+        future = asyncio.run_coroutine_threadsafe(self._publish_many_here(events, wait_for_handlers), loop)
+        return await asyncio.wrap_future(future)
+
+    async def _publish_many_here(self, events: list[BaseEvent], wait_for_handlers: bool) -> list[bool]:
+        results: list[bool] = []
+        waits: list[asyncio.Future[None]] = []
+        loop = asyncio.get_running_loop()
+        for event in events:
+            if self._middleware:
+                changed = await self._run_middleware(event)
+                if changed is None:
+                    results.append(False)
+                    continue
+                event = changed
+            ensure_json_safe(event.data)
+            self._count_published(event)
+            done: asyncio.Future[None] | None = loop.create_future() if wait_for_handlers else None
+            accepted = await self._enqueue(event, done)
+            results.append(accepted)
+            if accepted and done is not None:
+                waits.append(done)
+        if waits:
+            await asyncio.gather(*waits)
+        return results
 
     def _count_published(self, event: BaseEvent) -> None:
         self._published += 1
@@ -621,7 +714,10 @@ class EventBus:
 
     def _start_consumer(self) -> None:
         assert self._loop is not None
-        self._consumer = self._loop.create_task(self._consume(), name="event-bus-consumer")
+        # A context of its own: the consumer must not inherit the publisher's current event.
+        self._consumer = self._loop.create_task(
+            self._consume(), name="event-bus-consumer", context=contextvars.Context()
+        )
 
     async def _consume(self) -> None:
         loop = asyncio.get_running_loop()
@@ -647,6 +743,7 @@ class EventBus:
                 if not room.done():
                     room.set_result(None)
                     break
+            extra: list[Awaitable[Any]] | None = None
             try:
                 if run_middleware:
                     changed = await self._run_middleware(event)
@@ -654,20 +751,33 @@ class EventBus:
                         ensure_json_safe(changed.data)
                         self._count_published(changed)
                         await self._dispatch(changed)
-                else:
+                elif done is None:
                     await self._dispatch(event)
+                else:
+                    extra = []
+                    token = _completions.set(extra)
+                    try:
+                        await self._dispatch(event)
+                    finally:
+                        _completions.reset(token)
             except asyncio.CancelledError:
                 self._pending -= 1
                 if done is not None and not done.done():
                     done.cancel()
                 raise
-            except Exception:
+            except Exception as error:
                 # _dispatch isolates handlers; this is unsafe data from middleware, or a bug in the bus.
                 self._failed += 1
                 logger.exception("event bus failed to deliver %s", event.event_id)
+                if done is not None and not done.done():
+                    done.set_exception(error)
             self._pending -= 1
             if done is not None and not done.done():
-                done.set_result(None)
+                if extra:
+                    # Resolve the publisher's future when the extras finish, without holding up the queue.
+                    _chain(asyncio.gather(*extra), done)
+                else:
+                    done.set_result(None)
             handled += 1
             if handled >= YIELD_EVERY:
                 # A long burst must not starve the server's other tasks (requests, WebSockets).
@@ -712,9 +822,19 @@ class EventBus:
             return False
         return True
 
+    def on_shutdown(self, hook: Callable[[float | None], Awaitable[Any]]) -> None:
+        """Run `await hook(timeout)` at the end of `shutdown` (the store commits what it buffered)."""
+        if hook not in self._shutdown_hooks:
+            self._shutdown_hooks.append(hook)
+
     async def shutdown(self, timeout: float | None = 30.0) -> bool:
         """Drain the queue, then stop the consumer; call when the server stops so nothing accepted is lost."""
         drained = await self.drain(timeout)
+        for hook in list(self._shutdown_hooks):
+            try:
+                await hook(timeout)
+            except Exception:
+                logger.exception("event bus shutdown hook %s failed", _handler_name(hook))
         consumer = self._consumer
         if consumer is not None and not consumer.done() and consumer.get_loop() is asyncio.get_running_loop():
             consumer.cancel()
@@ -762,6 +882,7 @@ class EventBus:
             self.clear()
             self.clear_middleware()
             self.reset_stats()
+            self._shutdown_hooks = []
             own = self._thread
             if own is not None and self._loop is not None and self._loop.is_running():
                 loop = self._loop

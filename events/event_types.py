@@ -24,6 +24,11 @@ class EventType(StrEnum):
     HITL_DECISION_MADE = "hitl_decision_made"
     SESSION_CREATED = "session_created"
     MESSAGE_ADDED = "message_added"
+    OPERATOR_SIGNED_IN = "operator_signed_in"
+    OPERATOR_SIGNED_OUT = "operator_signed_out"
+    OPERATOR_SIGN_IN_FAILED = "operator_sign_in_failed"
+    AUDIT_PURGED = "audit_purged"
+    MODEL_CHANGED = "model_changed"
 
 
 # The category each known type belongs to; an event built with a known type and no category gets this one.
@@ -39,6 +44,11 @@ DEFAULT_CATEGORY: dict[str, EventCategory] = {
     EventType.HITL_DECISION_MADE: EventCategory.HITL,
     EventType.SESSION_CREATED: EventCategory.SESSION,
     EventType.MESSAGE_ADDED: EventCategory.SESSION,
+    EventType.OPERATOR_SIGNED_IN: EventCategory.SYSTEM,
+    EventType.OPERATOR_SIGNED_OUT: EventCategory.SYSTEM,
+    EventType.OPERATOR_SIGN_IN_FAILED: EventCategory.SYSTEM,
+    EventType.AUDIT_PURGED: EventCategory.SYSTEM,
+    EventType.MODEL_CHANGED: EventCategory.SYSTEM,
 }
 
 

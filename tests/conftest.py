@@ -1,4 +1,5 @@
-"""Fixtures shared by every test: a fresh bus per test, and services that are required in CI."""
+"""Fixtures shared by every test: a fresh bus per test, the store where a test has a database, and
+services that are required in CI."""
 
 import os
 
@@ -6,8 +7,10 @@ import pytest
 from django.conf import settings
 from django.db import connection
 
-from audit.subscribers import audit_logger, install_subscribers, metrics_collector
+from audit.subscribers import install_subscribers
+from events.db_triggers import PERMIT_TABLE
 from events.event_bus import event_bus
+from events.event_store import event_store
 
 REQUIRE_SERVICES = os.environ.get("REQUIRE_SERVICES", "") == "1"
 
@@ -29,13 +32,44 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.skip(reason=f"needs {marker}: set DATABASE_URL/REDIS_URL"))
 
 
+def _flush_with_permit(original):
+    """Let the test runner's flush empty the append-only tables, the way a purge does: with a permit."""
+
+    def sql_flush(self, style, tables, *, reset_sequences=False, allow_cascade=False):
+        statements = original(
+            self, style, tables, reset_sequences=reset_sequences, allow_cascade=allow_cascade
+        )
+        if PERMIT_TABLE not in tables:
+            return statements
+        permit_delete = [s for s in statements if PERMIT_TABLE in s and "TRUNCATE" not in s.upper()]
+        others = [s for s in statements if s not in permit_delete]
+        grant = f"INSERT INTO {PERMIT_TABLE} (granted_at, reason) VALUES (CURRENT_TIMESTAMP, 'test flush')"
+        return [grant, *others, *permit_delete]
+
+    return sql_flush
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _append_only_tables_flushable():
+    ops_class = type(connection.ops)
+    original = ops_class.sql_flush
+    ops_class.sql_flush = _flush_with_permit(original)  # type: ignore[method-assign]
+    yield
+    ops_class.sql_flush = original  # type: ignore[method-assign]
+
+
 @pytest.fixture(autouse=True)
-def fresh_bus():
-    """Every test starts with the app's bus as at start-up: the default subscribers, nothing queued."""
+def fresh_bus(request: pytest.FixtureRequest):
+    """Every test starts with a bus as at start-up: a test with a transactional database gets the store
+    (it writes from its own thread, which needs committed data); other tests get a bare bus."""
+    marker = request.node.get_closest_marker("django_db")
+    with_store = marker is not None and marker.kwargs.get("transaction", False)
     event_bus.reset()
-    metrics_collector.reset()
-    audit_logger.reset()
-    install_subscribers(event_bus)
+    event_store.reset_stats()
+    if with_store:
+        install_subscribers(event_bus)
     yield event_bus
+    if with_store:
+        event_bus.drain_sync(timeout=10)
+        event_store.close_connection_sync()
     event_bus.reset()
-    install_subscribers(event_bus)

@@ -4,6 +4,7 @@ import json
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -172,8 +173,16 @@ def _request(method: str, url: str, deadline_s: float = 30) -> bytes:
 
 
 def _server_env(tmp_path: Path, **extra: str) -> dict[str, str]:
-    database_url = os.environ.get("DATABASE_URL") or f"sqlite:///{tmp_path / 'db.sqlite3'}"
-    return {**os.environ, "DATABASE_URL": database_url, **extra}
+    """A fresh migrated SQLite database for a server the test starts (the store needs its tables)."""
+    env = {**os.environ, "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}", **extra}
+    subprocess.run(
+        [sys.executable, "manage.py", "migrate", "--noinput", "-v0"],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        timeout=120,
+    )
+    return env
 
 
 def test_daphne_serves_healthz_and_stops_cleanly(tmp_path):
@@ -205,3 +214,9 @@ def test_daphne_drains_accepted_events_when_stopped(tmp_path):
     assert pending > 100, "the events should still be queued when the server is told to stop"
     assert process.returncode == 0, output
     assert len(output_file.read_text().splitlines()) == 200, output
+    # The store committed them too before the process ended.
+    with sqlite3.connect(env["DATABASE_URL"].removeprefix("sqlite:///")) as db:
+        stored = db.execute(
+            "SELECT COUNT(*) FROM events_storedevent WHERE event_type = 'burst_tick'"
+        ).fetchone()[0]
+    assert stored == 200

@@ -16,6 +16,7 @@ from events.agent_events import (
     AgentSwitchedEvent,
 )
 from events.event_bus import event_bus
+from events.event_store import event_store
 from events.event_types import EventCategory, EventType
 from events.session_events import MessageAddedEvent, SessionCreatedEvent
 from events.subscribers import audit_logger, metrics_collector
@@ -132,11 +133,15 @@ def test_categories():
     ] == ["agent", "session", "tool", "hitl", "system", "metrics"]
 
 
+@pytest.mark.django_db(transaction=True)
 async def test_metrics_collector_and_audit_logger_examples():
     await event_bus.publish(
         AgentSwitchedEvent(session_id="session-123", from_agent="orchestrator", to_agent="coder"),
         wait_for_handlers=True,
     )
+    assert (
+        getattr(event_bus.subscriptions[0].handler, "__self__", None) is event_store
+    )  # the store runs first
     # Получить все метрики
     metrics = metrics_collector.get_metrics()
     assert set(metrics) == {"agent_switches", "agent_processing", "tool_executions", "hitl_decisions"}

@@ -76,8 +76,26 @@ def one_of_each() -> list[BaseEvent]:
     ]
 
 
+CONTRACT_TYPES = {
+    "agent_switched",
+    "agent_processing_started",
+    "agent_processing_completed",
+    "agent_error_occurred",
+    "tool_execution_requested",
+    "tool_execution_completed",
+    "tool_execution_failed",
+    "tool_approval_required",
+    "hitl_decision_made",
+    "session_created",
+    "message_added",
+}
+
+
 def test_every_contract_type_has_a_typed_event():
-    assert {str(e.event_type) for e in one_of_each()} == {t.value for t in EventType}
+    assert {str(e.event_type) for e in one_of_each()} == CONTRACT_TYPES
+    assert CONTRACT_TYPES <= {t.value for t in EventType}
+    BaseEvent.from_dict(SessionCreatedEvent().to_dict())  # loads every typed event class
+    assert all(BaseEvent.registry[t] for t in EventType)
 
 
 @pytest.mark.parametrize("event", one_of_each(), ids=lambda e: str(e.event_type))
@@ -148,6 +166,8 @@ def test_confidence_is_validated():
         (lambda: SessionCreatedEvent(event_id="not-a-uuid"), "event_id"),
         (lambda: SessionCreatedEvent(timestamp="yesterday"), "timestamp"),
         (lambda: SessionCreatedEvent(session_id=42), "session_id"),
+        (lambda: SessionCreatedEvent(session_id="s" * 256), "session_id"),
+        (lambda: BaseEvent("t" * 101, "system"), "event_type"),
     ],
 )
 def test_bad_events_fail_when_built_naming_the_field(build, fragment):
@@ -164,6 +184,8 @@ def test_bad_events_fail_when_built_naming_the_field(build, fragment):
         ({"ratio": math.nan}, r"data\['ratio'\]"),
         ({"ratio": math.inf}, r"data\['ratio'\]"),
         ({"nested": {3: "x"}}, r"data\['nested'\]"),
+        ({"text": "nul\x00byte"}, r"data\['text'\]"),
+        ({"deep": ["ok", {"text": "\x00"}]}, r"data\['deep'\]\[1\]\['text'\]"),
     ],
 )
 def test_data_that_json_cannot_carry_fails_when_built(data, fragment):
@@ -182,7 +204,10 @@ def test_from_dict_rejects_unknown_fields_and_accepts_a_stored_position():
     payload = SessionCreatedEvent(session_id="s").to_dict()
     with pytest.raises(ValueError, match="colour"):
         BaseEvent.from_dict({**payload, "colour": "red"})
-    assert BaseEvent.from_dict({**payload, "position": 7}).to_dict() == payload
+    stored = BaseEvent.from_dict({**payload, "position": 7})
+    assert stored.position == 7 and stored.to_dict() == {**payload, "position": 7}
+    with pytest.raises(ValueError, match="position"):
+        BaseEvent.from_dict({**payload, "position": "seven"})
 
 
 def test_from_dict_validates_typed_data():

@@ -1,0 +1,63 @@
+"""The append-only audit trail (a hash chain) and the durable metric counters."""
+
+from django.db import models
+
+GENESIS_HASH = "0" * 64
+
+
+class AuditEntry(models.Model):
+    """A critical event, or a purge checkpoint, chained to the entry before it by its hash."""
+
+    class Kind(models.TextChoices):
+        EVENT = "event", "event"
+        CHECKPOINT = "checkpoint", "purge checkpoint"
+
+    id = models.BigAutoField(primary_key=True)
+    kind = models.CharField(max_length=16, choices=Kind.choices, default=Kind.EVENT)
+    position = models.BigIntegerField(null=True, blank=True, help_text="The event's position in the store.")
+    event_id = models.UUIDField(null=True, blank=True)
+    event_type = models.CharField(max_length=100)
+    event_category = models.CharField(max_length=16)
+    timestamp = models.DateTimeField()
+    session_id = models.CharField(max_length=255, null=True, blank=True)  # noqa: DJ001 - the contract distinguishes null from ""
+    correlation_id = models.CharField(max_length=255, null=True, blank=True)  # noqa: DJ001 - the contract distinguishes null from ""
+    actor = models.CharField(max_length=150, null=True, blank=True)  # noqa: DJ001 - the contract distinguishes null from ""
+    data = models.JSONField(default=dict)
+    source = models.CharField(max_length=255, blank=True)
+    prev_hash = models.CharField(max_length=64)
+    hash = models.CharField(max_length=64, unique=True)
+
+    class Meta:
+        ordering = ["id"]
+        verbose_name = "audit entry"
+        verbose_name_plural = "audit trail"
+        indexes = [
+            models.Index(fields=["session_id", "id"], name="audit_session_id"),
+            models.Index(fields=["event_type", "id"], name="audit_type_id"),
+            models.Index(fields=["actor", "id"], name="audit_actor_id"),
+            models.Index(fields=["timestamp"], name="audit_time"),
+        ]
+        permissions = [
+            ("export_audit", "Can export the audit trail and events"),
+            ("verify_audit", "Can verify the audit chain"),
+        ]
+
+    def __str__(self) -> str:
+        return f"#{self.id} {self.event_type}"
+
+
+class MetricCounter(models.Model):
+    """One number of the design document's metrics, kept up to date by the store's writer."""
+
+    metric = models.CharField(max_length=32)
+    key = models.CharField(max_length=255)
+    field = models.CharField(max_length=64)
+    value = models.FloatField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["metric", "key", "field"], name="metric_counter_unique")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.metric}[{self.key}].{self.field} = {self.value}"

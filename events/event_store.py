@@ -1,0 +1,557 @@
+"""The durable event store: a batching writer subscribed to the bus, and the readers of what it wrote.
+
+Ordering. Every writer, in every process, takes the lock of the one PositionCounter row first, hands
+out positions from it, inserts, and commits; the next writer gets the lock only after that commit. So
+positions are strictly increasing in commit order across the whole store, and a reader that asks for
+"everything after position P" never misses an event committed later with a smaller number. On SQLite
+the single writer (BEGIN IMMEDIATE) gives the same guarantee.
+
+Batching. The store subscriber only hands each event to the writer: fire-and-forget events are
+committed within FLUSH_INTERVAL_S (or as soon as a batch is full), and an event whose publisher waits
+(`wait_for_handlers=True`) makes the writer flush at once and the publisher wait for the commit. One
+transaction per batch, one writer thread per process, idempotent on `event_id`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from typing import Any
+
+from django.db import DatabaseError, DataError, IntegrityError, connection, transaction
+from django.db.backends.utils import CursorWrapper
+
+from .base import BaseEvent
+from .event_bus import EventBus, event_bus, wait_also
+
+logger = logging.getLogger("events")
+
+STORE_PRIORITY = 1_000_000  # before every other handler
+BATCH_SIZE = 1_000
+FLUSH_INTERVAL_S = 0.05
+MAX_BUFFER = 50_000
+MAX_READ_LIMIT = 10_000
+POLL_INTERVAL_S = 1.0
+
+BatchHook = Callable[[CursorWrapper, list[BaseEvent]], None]
+
+_EVENT_COLUMNS = (
+    "position",
+    "event_id",
+    "event_type",
+    "event_category",
+    "timestamp",
+    "session_id",
+    "correlation_id",
+    "causation_id",
+    "data",
+    "source",
+    "version",
+    "actor",
+    "stored_at",
+)
+
+
+class EventStoreError(Exception):
+    """The store could not commit an event (the database is unreachable or refused it)."""
+
+
+class EventStore:
+    """Persists every event published on the bus, and reads them back in position order."""
+
+    def __init__(
+        self,
+        *,
+        batch_size: int = BATCH_SIZE,
+        flush_interval: float = FLUSH_INTERVAL_S,
+        max_buffer: int = MAX_BUFFER,
+    ) -> None:
+        self.batch_size = batch_size
+        self.flush_interval = flush_interval
+        self.max_buffer = max_buffer
+        self._hooks: list[BatchHook] = []
+        self._lock = threading.Lock()
+        self._executor: ThreadPoolExecutor | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._listeners: set[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = set()
+        self._reset_writer()
+        self.reset_stats()
+
+    # Wiring
+
+    def subscribe(self, bus: EventBus = event_bus) -> None:
+        """Subscribe the store's writer to every event of `bus`, before any other handler (once)."""
+        bus.on_shutdown(self.shutdown)
+        if any(sub.handler == self._on_event for sub in bus.subscriptions):
+            return
+        bus.subscribe(handler=self._on_event, priority=STORE_PRIORITY)
+
+    def add_batch_hook(self, hook: BatchHook) -> None:
+        """Call `hook(cursor, events)` inside each batch's transaction with the events it newly stored."""
+        if hook not in self._hooks:
+            self._hooks.append(hook)
+
+    def reset_stats(self) -> None:
+        """Set the writer's counters back to zero."""
+        self._stored = 0
+        self._duplicates = 0
+        self._rejected = 0
+        self._batches = 0
+        self._failures = 0
+        self._last_batch_ms = 0.0
+
+    def get_stats(self) -> dict[str, Any]:
+        """The writer's counters and its buffer."""
+        return {
+            "stored": self._stored,
+            "duplicates": self._duplicates,
+            "rejected": self._rejected,
+            "batches": self._batches,
+            "write_failures": self._failures,
+            "buffered": len(self._buffer),
+            "last_batch_ms": round(self._last_batch_ms, 3),
+        }
+
+    # The writer
+
+    def _reset_writer(self) -> None:
+        self._buffer: list[tuple[BaseEvent, asyncio.Future[int] | None]] = []
+        self._flusher: asyncio.Task[None] | None = None
+        self._wake: asyncio.Event | None = None
+        self._kick: asyncio.Event | None = None
+        self._room: asyncio.Event | None = None
+        self._urgent = False
+        self._writing = 0
+        self._idle_waiters: list[asyncio.Future[None]] = []
+
+    def _ensure_writer(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:
+            if self._loop is not None and self._buffer:
+                logger.error("event store: %d events of a stopped loop were never written", len(self._buffer))
+            self._loop = loop
+            self._reset_writer()
+        if self._flusher is None or self._flusher.done():
+            self._wake = asyncio.Event()
+            self._kick = asyncio.Event()
+            self._room = asyncio.Event()
+            self._room.set()
+            self._flusher = loop.create_task(self._run_flusher(), name="event-store-writer")
+
+    async def _on_event(self, event: BaseEvent) -> None:
+        if event.replayed:
+            return  # stored already; a replay must not count twice
+        self._ensure_writer()
+        assert self._room is not None and self._wake is not None and self._kick is not None
+        while len(self._buffer) >= self.max_buffer:
+            # The database is slow or down: hold the bus (and so its publishers) rather than grow.
+            self._room.clear()
+            await self._room.wait()
+        committed: asyncio.Future[int] | None = None
+        if wait_also_available():
+            committed = asyncio.get_running_loop().create_future()
+            wait_also(committed)
+            self._urgent = True
+        self._buffer.append((event, committed))
+        self._wake.set()
+        if self._urgent or len(self._buffer) >= self.batch_size:
+            self._kick.set()
+
+    async def _run_flusher(self) -> None:
+        assert self._wake is not None and self._kick is not None and self._room is not None
+        while True:
+            if not self._buffer:
+                self._wake_idle()
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            if not self._urgent and len(self._buffer) < self.batch_size:
+                self._kick.clear()
+                try:
+                    await asyncio.wait_for(self._kick.wait(), self.flush_interval)
+                except TimeoutError:
+                    pass
+            else:
+                await asyncio.sleep(0)  # let a burst that is being handled add to this batch
+            batch = self._buffer[: self.batch_size]
+            del self._buffer[: len(batch)]
+            self._urgent = any(done is not None for _, done in self._buffer)
+            self._writing = len(batch)
+            if len(self._buffer) < self.max_buffer:
+                self._room.set()
+            try:
+                await self._write(batch)
+            finally:
+                self._writing = 0
+
+    async def _write(self, batch: list[tuple[BaseEvent, asyncio.Future[int] | None]]) -> None:
+        """Commit `batch`, retrying while the database is away; isolate events it refuses."""
+        loop = asyncio.get_running_loop()
+        delay = 0.1
+        while True:
+            started = time.perf_counter()
+            try:
+                positions = await loop.run_in_executor(
+                    self._get_executor(), self._write_batch, [event for event, _ in batch]
+                )
+            except (DataError, IntegrityError) as error:
+                if len(batch) > 1:
+                    middle = len(batch) // 2
+                    await self._write(batch[:middle])
+                    await self._write(batch[middle:])
+                    return
+                event, done = batch[0]
+                self._rejected += 1
+                logger.error("event store refused %s: %s; event: %s", event.event_id, error, event.to_json())
+                if done is not None and not done.done():
+                    done.set_exception(
+                        EventStoreError(f"the database refused event {event.event_id}: {error}")
+                    )
+                return
+            except Exception as error:
+                self._failures += 1
+                logger.warning(
+                    "event store could not write %d events (retrying in %.1fs): %s", len(batch), delay, error
+                )
+                for _, done in batch:
+                    if done is not None and not done.done():
+                        done.set_exception(EventStoreError(f"the event store is unavailable: {error}"))
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            self._batches += 1
+            self._last_batch_ms = (time.perf_counter() - started) * 1000
+            for (event, done), position in zip(batch, positions, strict=True):
+                event.position = position
+                if done is not None and not done.done():
+                    done.set_result(position)
+            self._notify_listeners()
+            return
+
+    def _get_executor(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="event-store-writer")
+            return self._executor
+
+    def _write_batch(self, events: list[BaseEvent]) -> list[int]:
+        """In the writer thread: one transaction that numbers, inserts and hooks the new events."""
+        try:
+            with transaction.atomic(), connection.cursor() as cursor:
+                return self._insert(cursor, events)
+        except DatabaseError as error:
+            if not isinstance(error, DataError | IntegrityError):
+                connection.close()  # whatever broke, the next batch starts on a fresh connection
+            raise
+
+    def _insert(self, cursor: CursorWrapper, events: list[BaseEvent]) -> list[int]:
+        # The writers' lock: held from here until this transaction commits.
+        cursor.execute("UPDATE events_positioncounter SET value = value WHERE id = 1")
+        if cursor.rowcount == 0:
+            cursor.execute(
+                "INSERT INTO events_positioncounter (id, value) "
+                # WHERE true: SQLite needs it to parse ON CONFLICT after a SELECT.
+                "SELECT 1, COALESCE(MAX(position), 0) FROM events_storedevent WHERE true "
+                "ON CONFLICT (id) DO NOTHING"
+            )
+            cursor.execute("UPDATE events_positioncounter SET value = value WHERE id = 1")
+
+        unique: dict[str, BaseEvent] = {}
+        for event in events:
+            unique.setdefault(event.event_id, event)
+        existing = self._existing_positions(cursor, list(unique))
+        new = [event for event_id, event in unique.items() if event_id not in existing]
+        assigned: dict[str, int] = dict(existing)
+        if new:
+            cursor.execute(
+                "UPDATE events_positioncounter SET value = value + %s WHERE id = 1 RETURNING value",
+                [len(new)],
+            )
+            first = int(cursor.fetchone()[0]) - len(new) + 1
+            for offset, event in enumerate(new):
+                assigned[event.event_id] = first + offset
+            self._insert_rows(cursor, new, assigned)
+            stored = [_with_position(event, assigned[event.event_id]) for event in new]
+            for hook in self._hooks:
+                hook(cursor, stored)
+        self._stored += len(new)
+        self._duplicates += len(events) - len(new)
+        return [assigned[event.event_id] for event in events]
+
+    @staticmethod
+    def _existing_positions(cursor: CursorWrapper, event_ids: list[str]) -> dict[str, int]:
+        found: dict[str, int] = {}
+        postgres = connection.vendor == "postgresql"
+        for start in range(0, len(event_ids), 500):
+            chunk = event_ids[start : start + 500]
+            values = [uuid.UUID(e) if postgres else uuid.UUID(e).hex for e in chunk]
+            marks = ", ".join(["%s"] * len(values))
+            cursor.execute(
+                f"SELECT event_id, position FROM events_storedevent WHERE event_id IN ({marks})", values
+            )
+            for event_id, position in cursor.fetchall():
+                found[str(uuid.UUID(str(event_id)))] = position
+        return found
+
+    @staticmethod
+    def _insert_rows(cursor: CursorWrapper, events: list[BaseEvent], positions: dict[str, int]) -> None:
+        now = datetime.now(UTC)
+        columns = ", ".join(_EVENT_COLUMNS)
+        dumps = json.dumps
+        if connection.vendor == "postgresql":
+            # COPY is the fastest way into PostgreSQL; duplicates were filtered out under the lock.
+            with cursor.cursor.copy(f"COPY events_storedevent ({columns}) FROM STDIN") as copy:
+                for event in events:
+                    copy.write_row(
+                        (
+                            positions[event.event_id],
+                            event.event_id,
+                            str(event.event_type),
+                            str(event.event_category),
+                            event.timestamp,
+                            event.session_id,
+                            event.correlation_id,
+                            event.causation_id,
+                            dumps(event.data, ensure_ascii=False),
+                            event.source,
+                            event.version,
+                            event.actor,
+                            now,
+                        )
+                    )
+            return
+        adapt_datetime = connection.ops.adapt_datetimefield_value
+        stored_at = adapt_datetime(now)
+        rows = [
+            (
+                positions[event.event_id],
+                uuid.UUID(event.event_id).hex,
+                str(event.event_type),
+                str(event.event_category),
+                adapt_datetime(event.timestamp),
+                event.session_id,
+                event.correlation_id,
+                event.causation_id,
+                dumps(event.data, ensure_ascii=False),
+                event.source,
+                event.version,
+                event.actor,
+                stored_at,
+            )
+            for event in events
+        ]
+        marks = ", ".join(["%s"] * len(_EVENT_COLUMNS))
+        cursor.executemany(f"INSERT INTO events_storedevent ({columns}) VALUES ({marks})", rows)
+
+    def _wake_idle(self) -> None:
+        waiters, self._idle_waiters = self._idle_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every event handed to the writer so far is committed; False on timeout."""
+        loop = self._loop
+        if loop is None or loop.is_closed() or (not self._buffer and not self._writing):
+            return True
+        if loop is not asyncio.get_running_loop():
+            future = asyncio.run_coroutine_threadsafe(self.flush(timeout), loop)
+            return await asyncio.wrap_future(future)
+        assert self._kick is not None
+        waiter: asyncio.Future[None] = loop.create_future()
+        self._idle_waiters.append(waiter)
+        self._urgent = True
+        self._kick.set()
+        try:
+            await asyncio.wait_for(waiter, timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    async def shutdown(self, timeout: float | None = 30.0) -> bool:
+        """Commit what is buffered, then stop the writer task and close its database connection."""
+        flushed = await self.flush(timeout)
+        if not flushed:
+            logger.error("event store: %d events were not committed before shutdown", len(self._buffer))
+        flusher = self._flusher
+        if flusher is not None and not flusher.done() and flusher.get_loop() is asyncio.get_running_loop():
+            flusher.cancel()
+            try:
+                await flusher
+            except asyncio.CancelledError:
+                pass
+        self._flusher = None
+        executor = self._executor
+        if executor is not None:
+            await asyncio.get_running_loop().run_in_executor(executor, _close_connection)
+        return flushed
+
+    def close_connection_sync(self) -> None:
+        """Close the writer thread's database connection (from synchronous code, e.g. tests)."""
+        executor = self._executor
+        if executor is not None:
+            executor.submit(_close_connection).result(timeout=10)
+
+    # Readers
+
+    def _notify_listeners(self) -> None:
+        for loop, wake in list(self._listeners):
+            if loop.is_closed():
+                self._listeners.discard((loop, wake))
+            else:
+                loop.call_soon_threadsafe(wake.set)
+
+    async def get_events(
+        self,
+        session_id: str | None = None,
+        event_type: str | None = None,
+        correlation_id: str | None = None,
+        after_position: int | None = None,
+        limit: int | None = 1000,
+        event_category: str | None = None,
+    ) -> list[BaseEvent]:
+        """Stored events matching the filters, in position order, each with its `position`."""
+        from .selectors import stored_events_after
+
+        filters = _filters(session_id, event_type, correlation_id, event_category)
+        limit = _clean_limit(limit)
+        after = _clean_position(after_position)
+        rows = await _in_thread(stored_events_after, after=after, limit=limit, **filters)
+        return [_row_to_event(row) for row in rows]
+
+    async def replay(
+        self,
+        session_id: str | None = None,
+        event_type: str | None = None,
+        correlation_id: str | None = None,
+        after_position: int | None = None,
+        limit: int | None = 1000,
+        event_category: str | None = None,
+        bus: EventBus = event_bus,
+    ) -> int:
+        """Publish stored events again, marked `replayed`: the store, metrics and audit do not count them."""
+        events = await self.get_events(
+            session_id=session_id,
+            event_type=event_type,
+            correlation_id=correlation_id,
+            after_position=after_position,
+            limit=limit,
+            event_category=event_category,
+        )
+        for event in events:
+            event.replayed = True
+            await bus.publish(event, wait_for_handlers=True)
+        return len(events)
+
+    async def read(
+        self,
+        after_position: int = 0,
+        *,
+        session_id: str | None = None,
+        event_type: str | None = None,
+        correlation_id: str | None = None,
+        event_category: str | None = None,
+        live: bool = True,
+        page_size: int = 500,
+        poll_interval: float = POLL_INTERVAL_S,
+    ) -> AsyncIterator[BaseEvent]:
+        """Every stored event after `after_position`, then live ones as they are committed.
+
+        No gap and no duplicate at the hand-over: the live part reads the store too, after the last
+        position yielded, woken by this process's commits and, for other processes', every
+        `poll_interval` seconds. With `live=False`, stops when it has caught up.
+        """
+        from .selectors import stored_events_after
+
+        filters = _filters(session_id, event_type, correlation_id, event_category)
+        last = _clean_position(after_position) or 0
+        wake = asyncio.Event()
+        listener = (asyncio.get_running_loop(), wake)
+        self._listeners.add(listener)
+        try:
+            while True:
+                wake.clear()
+                rows = await _in_thread(stored_events_after, after=last, limit=page_size, **filters)
+                for row in rows:
+                    last = row["position"]
+                    yield _row_to_event(row)
+                if len(rows) == page_size:
+                    continue
+                if not live:
+                    return
+                try:
+                    await asyncio.wait_for(wake.wait(), poll_interval)
+                except TimeoutError:
+                    pass
+        finally:
+            self._listeners.discard(listener)
+
+
+def _close_connection() -> None:
+    # Called in the writer thread: `connection` resolves to that thread's connection only there.
+    connection.close()
+
+
+def wait_also_available() -> bool:
+    """Whether the event being handled has a publisher waiting for its handlers."""
+    from .event_bus import _completions
+
+    return _completions.get() is not None
+
+
+def _with_position(event: BaseEvent, position: int) -> BaseEvent:
+    event.position = position
+    return event
+
+
+def _filters(
+    session_id: str | None, event_type: str | None, correlation_id: str | None, event_category: str | None
+) -> dict[str, str]:
+    given = {
+        "session_id": session_id,
+        "event_type": event_type,
+        "correlation_id": correlation_id,
+        "event_category": event_category,
+    }
+    return {key: str(value) for key, value in given.items() if value is not None}
+
+
+def _clean_limit(limit: int | None) -> int:
+    if limit is None:
+        return MAX_READ_LIMIT
+    if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
+        raise ValueError(f"limit must be a positive integer, not {limit!r}")
+    return min(limit, MAX_READ_LIMIT)
+
+
+def _clean_position(position: int | None) -> int | None:
+    if position is None:
+        return None
+    if not isinstance(position, int) or isinstance(position, bool) or position < 0:
+        raise ValueError(f"after_position must be a non-negative integer, not {position!r}")
+    return position
+
+
+def _row_to_event(row: dict[str, Any]) -> BaseEvent:
+    from .models import row_to_contract_dict
+
+    event = BaseEvent.from_dict(row_to_contract_dict(row))
+    event.actor = row.get("actor")
+    return event
+
+
+async def _in_thread(fn: Callable[..., Any], **kwargs: Any) -> Any:
+    """Run a selector in a worker thread with a fresh-enough connection (async code never runs ORM)."""
+    from channels.db import database_sync_to_async
+
+    return await database_sync_to_async(fn, thread_sensitive=False)(**kwargs)
+
+
+event_store = EventStore()

@@ -1,0 +1,131 @@
+"""The durable event store: every event with its global position, and the API tokens of agents."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from typing import Any
+
+from django.conf import settings
+from django.db import models
+
+from .base import BaseEvent
+
+TOKEN_PREFIX = "ebt_"
+
+
+class StoredEvent(models.Model):
+    """One event as published, numbered by `position`: strictly increasing in commit order."""
+
+    position = models.BigIntegerField(primary_key=True)
+    event_id = models.UUIDField(unique=True)
+    event_type = models.CharField(max_length=100)
+    event_category = models.CharField(max_length=16)
+    timestamp = models.DateTimeField()
+    session_id = models.CharField(max_length=255, null=True, blank=True)  # noqa: DJ001 - the contract distinguishes null from ""
+    correlation_id = models.CharField(max_length=255, null=True, blank=True)  # noqa: DJ001 - the contract distinguishes null from ""
+    causation_id = models.CharField(max_length=255, null=True, blank=True)  # noqa: DJ001 - the contract distinguishes null from ""
+    data = models.JSONField(default=dict)
+    source = models.CharField(max_length=255)
+    version = models.CharField(max_length=16)
+    # Who acted, where a person (or an agent's token) did: set by the server, never by a payload.
+    actor = models.CharField(max_length=150, null=True, blank=True)  # noqa: DJ001 - the contract distinguishes null from ""
+    stored_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["position"]
+        indexes = [
+            models.Index(fields=["session_id", "position"], name="event_session_pos"),
+            models.Index(fields=["correlation_id", "position"], name="event_correlation_pos"),
+            models.Index(fields=["event_type", "timestamp"], name="event_type_time"),
+            models.Index(fields=["event_category", "timestamp"], name="event_category_time"),
+            models.Index(fields=["timestamp"], name="event_time"),
+        ]
+        permissions = [("publish_events", "Can publish events through the API")]
+
+    def __str__(self) -> str:
+        return f"#{self.position} {self.event_type}"
+
+    def to_event(self) -> BaseEvent:
+        """The stored row as its typed event, with `position` (and `actor`) set."""
+        event = BaseEvent.from_dict(self.as_contract_dict())
+        event.position = self.position
+        event.actor = self.actor
+        return event
+
+    def as_contract_dict(self) -> dict[str, Any]:
+        """The contract's JSON object of a stored event (the event plus its `position`)."""
+        return row_to_contract_dict(self.__dict__)
+
+
+def row_to_contract_dict(row: dict[str, Any]) -> dict[str, Any]:
+    """A stored row (model __dict__ or a values() dict) as the contract's JSON object."""
+    from .base import format_timestamp
+
+    return {
+        "event_id": str(row["event_id"]),
+        "event_type": row["event_type"],
+        "event_category": row["event_category"],
+        "timestamp": format_timestamp(row["timestamp"]),
+        "session_id": row["session_id"],
+        "correlation_id": row["correlation_id"],
+        "causation_id": row["causation_id"],
+        "data": row["data"],
+        "source": row["source"],
+        "version": row["version"],
+        "position": row["position"],
+    }
+
+
+class PositionCounter(models.Model):
+    """The one row whose lock orders every writer: positions are handed out under it, then committed."""
+
+    value = models.BigIntegerField(default=0)
+
+    def __str__(self) -> str:
+        return f"position {self.value}"
+
+
+class PurgePermit(models.Model):
+    """While a row exists in the purging transaction, the append-only triggers allow DELETE."""
+
+    granted_at = models.DateTimeField(auto_now_add=True)
+    reason = models.CharField(max_length=255)
+
+    def __str__(self) -> str:
+        return self.reason
+
+
+def hash_token(raw: str) -> str:
+    """Tokens are kept as SHA-256 digests, never in plain text."""
+    return hashlib.sha256(raw.encode()).hexdigest()
+
+
+class ApiTokenQuerySet(models.QuerySet["ApiToken"]):
+    def active(self) -> ApiTokenQuerySet:
+        return self.filter(revoked_at__isnull=True, user__is_active=True)
+
+
+class ApiToken(models.Model):
+    """A bearer token of an agent runtime (or a script); only its digest and first characters are kept."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens")
+    name = models.CharField(max_length=100, blank=True)
+    prefix = models.CharField(max_length=12, help_text="The first characters, to tell tokens apart.")
+    key_hash = models.CharField(max_length=64, unique=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    objects = ApiTokenQuerySet.as_manager()
+
+    class Meta:
+        verbose_name = "API token"
+
+    def __str__(self) -> str:
+        return f"{self.prefix}… ({self.user})"
+
+    @staticmethod
+    def generate() -> str:
+        """A new random token string (shown once to its owner)."""
+        return TOKEN_PREFIX + secrets.token_urlsafe(32)

@@ -1,0 +1,128 @@
+"""The bridge from Django signals into the bus: auth events and changes of bridged models.
+
+Receivers only build an event and publish it in `transaction.on_commit`, so a change that rolls back
+publishes nothing. Connected in EventsConfig.ready().
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Group
+from django.contrib.auth.signals import user_logged_in, user_logged_out, user_login_failed
+from django.db import models, transaction
+from django.db.models.signals import m2m_changed, post_delete, post_save
+from django.http import HttpRequest
+
+from .base import BaseEvent
+from .event_bus import event_bus
+from .system_events import (
+    ModelChangedEvent,
+    OperatorSignedInEvent,
+    OperatorSignedOutEvent,
+    OperatorSignInFailedEvent,
+)
+
+DISPATCH_PREFIX = "events.signals."
+
+
+def publish_on_commit(event: BaseEvent, using: str | None = None) -> None:
+    """Publish `event` once the current transaction commits (at once outside a transaction)."""
+    transaction.on_commit(lambda: event_bus.publish_sync(event), using=using)
+
+
+def _client_ip(request: HttpRequest | None) -> str | None:
+    if request is None:
+        return None
+    return request.META.get("REMOTE_ADDR") or None
+
+
+def on_logged_in(sender: Any, request: HttpRequest | None, user: Any, **kwargs: Any) -> None:
+    event = OperatorSignedInEvent(username=user.get_username(), ip=_client_ip(request), source="django.auth")
+    event.actor = user.get_username()
+    publish_on_commit(event)
+
+
+def on_logged_out(sender: Any, request: HttpRequest | None, user: Any, **kwargs: Any) -> None:
+    if user is None:  # the session had no user
+        return
+    event = OperatorSignedOutEvent(username=user.get_username(), ip=_client_ip(request), source="django.auth")
+    event.actor = user.get_username()
+    publish_on_commit(event)
+
+
+def on_login_failed(
+    sender: Any, credentials: dict[str, Any], request: HttpRequest | None = None, **kwargs: Any
+) -> None:
+    # Django has already masked the password in `credentials`; only the name typed is kept.
+    username = str(credentials.get("username") or credentials.get(get_user_model().USERNAME_FIELD) or "")[
+        :150
+    ]
+    publish_on_commit(
+        OperatorSignInFailedEvent(username=username, ip=_client_ip(request), source="django.auth")
+    )
+
+
+def _model_label(instance: models.Model) -> str:
+    return instance._meta.label_lower
+
+
+def on_saved(
+    sender: type[models.Model], instance: models.Model, created: bool, using: str, **kwargs: Any
+) -> None:
+    if kwargs.get("raw"):  # loading fixtures
+        return
+    update_fields = kwargs.get("update_fields")
+    if update_fields is not None and set(update_fields) <= {"last_login"}:
+        return  # signing in, already bridged as operator_signed_in
+    event = ModelChangedEvent(
+        model=_model_label(instance),
+        pk=str(instance.pk),
+        action="created" if created else "updated",
+        label=str(instance)[:200],
+        source="django.models",
+    )
+    publish_on_commit(event, using=using)
+
+
+def on_deleted(sender: type[models.Model], instance: models.Model, using: str, **kwargs: Any) -> None:
+    event = ModelChangedEvent(
+        model=_model_label(instance),
+        pk=str(instance.pk),
+        action="deleted",
+        label=str(instance)[:200],
+        source="django.models",
+    )
+    publish_on_commit(event, using=using)
+
+
+def on_groups_changed(sender: Any, instance: models.Model, action: str, using: str, **kwargs: Any) -> None:
+    if action not in ("post_add", "post_remove", "post_clear"):
+        return
+    event = ModelChangedEvent(
+        model=_model_label(instance),
+        pk=str(instance.pk),
+        action="groups_changed",
+        label=str(instance)[:200],
+        source="django.models",
+    )
+    publish_on_commit(event, using=using)
+
+
+def connect() -> None:
+    """Connect the bridge (idempotent thanks to dispatch_uid)."""
+    user_logged_in.connect(on_logged_in, dispatch_uid=DISPATCH_PREFIX + "logged_in")
+    user_logged_out.connect(on_logged_out, dispatch_uid=DISPATCH_PREFIX + "logged_out")
+    user_login_failed.connect(on_login_failed, dispatch_uid=DISPATCH_PREFIX + "login_failed")
+    user_model = get_user_model()
+    for model in (user_model, Group):
+        post_save.connect(
+            on_saved, sender=model, dispatch_uid=f"{DISPATCH_PREFIX}saved.{model._meta.label_lower}"
+        )
+        post_delete.connect(
+            on_deleted, sender=model, dispatch_uid=f"{DISPATCH_PREFIX}deleted.{model._meta.label_lower}"
+        )
+    m2m_changed.connect(
+        on_groups_changed, sender=user_model.groups.through, dispatch_uid=DISPATCH_PREFIX + "groups"
+    )
