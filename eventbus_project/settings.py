@@ -78,15 +78,17 @@ def _database() -> dict[str, Any]:
     except Exception as error:  # dj-database-url raises several types for a bad URL
         raise ImproperlyConfigured(f"DATABASE_URL is not a usable database URL: {error}") from None
     engine = config["ENGINE"]
-    if engine == "django.db.backends.sqlite3":
+    if engine in ("django.db.backends.sqlite3", "eventbus_project.sqlite3"):
         name = Path(config["NAME"])
         if str(name) != ":memory:":
             if not name.is_absolute():
                 name = BASE_DIR / name
             name.parent.mkdir(parents=True, exist_ok=True)
             config["NAME"] = str(name)
-        # One writer: WAL lets readers run beside it, and IMMEDIATE transactions take the write lock
-        # up front, so two writers queue on the busy timeout instead of failing with "database is locked".
+        # One writer: WAL lets readers run beside it, IMMEDIATE transactions take the write lock up front,
+        # and the backend queues this process's transactions in Python (eventbus_project/sqlite3), so
+        # "database is locked" cannot happen inside one process.
+        config["ENGINE"] = "eventbus_project.sqlite3"
         config["OPTIONS"] = {
             "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
             "transaction_mode": "IMMEDIATE",

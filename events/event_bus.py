@@ -879,16 +879,15 @@ class EventBus:
     def reset(self) -> None:
         """Forget subscriptions, middleware, statistics and the bound loop (for tests)."""
         with self._lock:
+            own = self._thread
+            if own is not None and self._loop is not None and self._loop.is_running():
+                # Stopped first, while its shutdown hooks (the store's writer) are still registered.
+                self._stop_own_loop(self._loop)
+                own.join(timeout=5)
             self.clear()
             self.clear_middleware()
             self.reset_stats()
             self._shutdown_hooks = []
-            own = self._thread
-            if own is not None and self._loop is not None and self._loop.is_running():
-                loop = self._loop
-                self._loop = None
-                self._stop_own_loop(loop)
-                own.join(timeout=5)
             self._thread = None
             self._loop = None
             self._loop_thread = None

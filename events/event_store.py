@@ -375,6 +375,13 @@ class EventStore:
             return False
         return True
 
+    def flush_sync(self, timeout: float | None = None) -> bool:
+        """flush() for synchronous code (not on the writer's loop)."""
+        loop = self._loop
+        if loop is None or loop.is_closed() or not loop.is_running():
+            return not self._buffer
+        return asyncio.run_coroutine_threadsafe(self.flush(timeout), loop).result()
+
     async def shutdown(self, timeout: float | None = 30.0) -> bool:
         """Commit what is buffered, then stop the writer task and close its database connection."""
         flushed = await self.flush(timeout)
