@@ -34,8 +34,10 @@ format: $(STAMP)
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
+# Each script measures this project and its anchor in one run and prints the ratio last.
 bench: $(STAMP)
 	$(PY) benchmarks/bus_throughput.py
+	$(PY) benchmarks/store_ingest.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from django.db import connection, transaction
 from django.db.backends.utils import CursorWrapper
 
 from events.base import BaseEvent, format_timestamp
+from events.bulk import bulk_insert
 from events.event_types import EventType
 from events.models import PurgePermit, StoredEvent
 
@@ -92,20 +94,61 @@ def chain_hash(prev_hash: str, entry: dict[str, Any]) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
-def _last_hash() -> str:
-    last = AuditEntry.objects.order_by("-id").values_list("hash", flat=True).first()
-    return last or GENESIS_HASH
+_ENTRY_COLUMNS = (
+    "kind",
+    "position",
+    "event_id",
+    "event_type",
+    "event_category",
+    "timestamp",
+    "session_id",
+    "correlation_id",
+    "actor",
+    "data",
+    "source",
+    "prev_hash",
+    "hash",
+)
 
 
-def _append(entries: list[dict[str, Any]]) -> list[AuditEntry]:
-    """Chain and insert entries; the caller holds the writers' lock."""
-    previous = _last_hash()
+def _last_hash(cursor: CursorWrapper) -> str:
+    cursor.execute("SELECT hash FROM audit_auditentry ORDER BY id DESC LIMIT 1")
+    row = cursor.fetchone()
+    return row[0] if row else GENESIS_HASH
+
+
+def _append(cursor: CursorWrapper, entries: list[dict[str, Any]], previous: str | None = None) -> None:
+    """Chain and insert entries with raw SQL (this runs once per store batch); the caller holds the
+    writers' lock. `previous` starts a new chain from that hash instead of the last entry's."""
+    if previous is None:
+        previous = _last_hash(cursor)
+    postgres = connection.vendor == "postgresql"
+    adapt_datetime = connection.ops.adapt_datetimefield_value
     rows = []
     for entry in entries:
         digest = chain_hash(previous, entry)
-        rows.append(AuditEntry(**entry, prev_hash=previous, hash=digest))
+        event_id = entry["event_id"]
+        if event_id is not None and not postgres:
+            event_id = uuid.UUID(str(event_id)).hex
+        rows.append(
+            (
+                str(entry["kind"]),
+                entry["position"],
+                event_id,
+                entry["event_type"],
+                entry["event_category"],
+                entry["timestamp"] if postgres else adapt_datetime(entry["timestamp"]),
+                entry["session_id"],
+                entry["correlation_id"],
+                entry["actor"],
+                entry.get("data_json") or json.dumps(entry["data"], ensure_ascii=False),
+                entry["source"],
+                previous,
+                digest,
+            )
+        )
         previous = digest
-    return AuditEntry.objects.bulk_create(rows)
+    bulk_insert(cursor, "audit_auditentry", _ENTRY_COLUMNS, rows)
 
 
 def audit_record_events(cursor: CursorWrapper, events: list[BaseEvent]) -> None:
@@ -122,13 +165,14 @@ def audit_record_events(cursor: CursorWrapper, events: list[BaseEvent]) -> None:
             "correlation_id": event.correlation_id,
             "actor": event.actor,
             "data": event.data,
+            "data_json": event.__dict__.get("_data_json"),
             "source": event.source,
         }
         for event in events
         if event.event_type in AUDITED_EVENT_TYPES
     ]
     if entries:
-        _append(entries)
+        _append(cursor, entries)
 
 
 # Metrics
@@ -359,13 +403,12 @@ def events_purge(
             "data": data,
             "source": "purge_events",
         }
-        if anchor is None and deleted_audit:
-            # The whole trail went: the checkpoint starts a new chain from the hash it ended on.
-            checkpoint["data"]["anchor_hash"] = last["hash"] if last else GENESIS_HASH
-            previous = GENESIS_HASH
-            digest = chain_hash(previous, checkpoint)
-            AuditEntry.objects.create(**checkpoint, prev_hash=previous, hash=digest)
-        else:
-            _append([checkpoint])
+        with connection.cursor() as cursor:
+            if anchor is None and deleted_audit:
+                # The whole trail went: the checkpoint starts a new chain, recording the hash it ended on.
+                checkpoint["data"]["anchor_hash"] = last["hash"] if last else GENESIS_HASH
+                _append(cursor, [checkpoint], previous=GENESIS_HASH)
+            else:
+                _append(cursor, [checkpoint])
     logger.info("purged %d events and %d audit entries before %s", deleted_events, deleted_audit, before)
     return PurgeResult(deleted_events, deleted_audit, False)

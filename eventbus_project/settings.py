@@ -96,7 +96,8 @@ def _database() -> dict[str, Any]:
         }
         # Tests run on a file too: the store's writer thread needs its own connection to the same
         # database, which an in-memory database cannot give with WAL.
-        config["TEST"] = {"NAME": str(VAR_DIR / "test_db.sqlite3")}
+        # One file per test run, so runs side by side do not share it (the runner deletes it at the end).
+        config["TEST"] = {"NAME": str(VAR_DIR / f"test_db_{os.getpid()}.sqlite3")}
     elif engine == "django.db.backends.postgresql":
         config.setdefault("OPTIONS", {})
         config["CONN_HEALTH_CHECKS"] = True
@@ -189,13 +190,22 @@ LOGIN_URL = "/admin/login/"
 
 REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    # Bearer first: its WWW-Authenticate header makes "not authenticated" a 401, not a 403.
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "events.auth.BearerTokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "EXCEPTION_HANDLER": "eventbus_project.exceptions.api_exception_handler",
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "Agent event bus API",
     "DESCRIPTION": "Events, audit trail and human approval of AI agents' tool calls.",
     "VERSION": "0.1.0",
 }
+
+# POST /api/events/ refuses bodies larger than this (413) before reading them; events.conf reads it.
+EVENTS_MAX_BODY_BYTES = int(env_number("EVENTS_MAX_BODY_BYTES", 8 * 1024 * 1024, minimum=1))
 
 # The in-process bus (events.conf reads these).
 EVENT_BUS = {

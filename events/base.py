@@ -38,8 +38,16 @@ def ensure_json_safe(value: Any, path: str = "data") -> None:
     if type(value) is dict:
         for key, item in value.items():
             kind = type(item)
-            if type(key) is not str or not (
-                (kind is str and "\x00" not in item) or kind is int or kind is bool or item is None
+            if (
+                type(key) is not str
+                or not key.isascii()
+                or "\x00" in key
+                or not (
+                    (kind is str and item.isascii() and "\x00" not in item)
+                    or kind is int
+                    or kind is bool
+                    or item is None
+                )
             ):
                 break
         else:
@@ -47,11 +55,20 @@ def ensure_json_safe(value: Any, path: str = "data") -> None:
     _check_json(value, path)
 
 
+def _check_text(value: str, path: str) -> None:
+    if "\x00" in value:
+        raise ValueError(f"{path} contains a NUL character, which the store cannot keep")
+    if not value.isascii():
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            raise ValueError(f"{path} is not valid Unicode text (a lone surrogate?)") from None
+
+
 def _check_json(value: Any, path: str) -> None:
     kind = type(value)
     if kind is str:
-        if "\x00" in value:
-            raise ValueError(f"{path} contains a NUL character, which the store cannot keep")
+        _check_text(value, path)
         return
     if kind is bool or kind is int or value is None:
         return
@@ -61,6 +78,7 @@ def _check_json(value: Any, path: str) -> None:
                 raise TypeError(
                     f"{path} has a key {key!r} of type {type(key).__name__}; JSON keys are strings"
                 )
+            _check_text(key, f"{path} key {key[:40]!r}")
             _check_json(item, f"{path}[{key!r}]")
         return
     if kind is list or kind is tuple:
@@ -72,7 +90,10 @@ def _check_json(value: Any, path: str) -> None:
             raise ValueError(f"{path} is {value!r}, which is not valid JSON")
         return
     # Subclasses of str and int (StrEnum, IntEnum) serialise as their values.
-    if isinstance(value, str | int):
+    if isinstance(value, str):
+        _check_text(value, path)
+        return
+    if isinstance(value, int):
         return
     if isinstance(value, Mapping):
         raise TypeError(f"{path} is a {kind.__name__}; use a plain dict so it survives JSON")
@@ -110,8 +131,7 @@ def _check_length(name: str, value: str | None, limit: int) -> None:
         return
     if len(value) > limit:
         raise ValueError(f"{name} is {len(value)} characters long; at most {limit} are allowed")
-    if "\x00" in value:
-        raise ValueError(f"{name} contains a NUL character")
+    _check_text(value, name)
 
 
 def _optional_str(name: str, value: Any) -> str | None:
@@ -239,8 +259,8 @@ class BaseEvent:
         if not isinstance(version, str):
             raise TypeError(f"version must be a string, not {type(version).__name__}")
         self.version = version
-        for name in ("session_id", "correlation_id", "causation_id", "source"):
-            _check_length(name, getattr(self, name), MAX_ID_LENGTH)
+        for field_name in ("session_id", "correlation_id", "causation_id", "source"):
+            _check_length(field_name, getattr(self, field_name), MAX_ID_LENGTH)
         _check_length("version", version, MAX_VERSION_LENGTH)
 
         if data is not None and not isinstance(data, Mapping):

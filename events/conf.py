@@ -40,3 +40,14 @@ def bus_settings() -> BusSettings:
         handler_timeout=float(handler_timeout) if handler_timeout is not None else None,
         shutdown_timeout=float(shutdown_timeout),
     )
+
+
+DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
+
+
+def max_body_bytes() -> int:
+    """The largest body POST /api/events/ reads (settings.EVENTS_MAX_BODY_BYTES, default 8 MiB)."""
+    value = getattr(settings, "EVENTS_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ImproperlyConfigured(f"EVENTS_MAX_BODY_BYTES must be a positive integer, not {value!r}")
+    return value

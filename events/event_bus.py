@@ -17,6 +17,7 @@ import atexit
 import contextvars
 import inspect
 import logging
+import math
 import threading
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -241,7 +242,10 @@ class EventBus:
         priority: int = 0,
         timeout: float | None = None,
     ) -> Any:
-        """Subscribe `handler` (or decorate one) to a type, a category, both, or neither (every event)."""
+        """Subscribe `handler` (or decorate one) to a type, a category, both, or neither (every event).
+
+        `timeout` (seconds) overrides the bus's default; `math.inf` means never time out.
+        """
         if handler is None:
 
             def decorator(fn: Handler) -> Handler:
@@ -331,7 +335,9 @@ class EventBus:
             matching.sort(key=lambda sub: (-sub.priority, sub.order))
             routes: list[_Route] = []
             for sub in matching:
-                timeout = sub.timeout or self.handler_timeout
+                timeout = self.handler_timeout if sub.timeout is None else sub.timeout
+                if timeout == math.inf:
+                    timeout = None
                 routes.append((sub.handler, sub.is_async and timeout is None, timeout, sub.name))
             result = tuple(routes)
             self._handler_cache[(event_type, event_category)] = result
@@ -864,7 +870,15 @@ class EventBus:
         started.wait()
         self._thread = thread
         self.bind(loop, thread_id=thread.ident)
-        atexit.register(self._stop_own_loop, loop)
+        # Drain at exit before concurrent.futures refuses new work (its own exit hook runs after this
+        # one), so that handlers using worker threads, like the store's writer, still run.
+        register = getattr(threading, "_register_atexit", None)
+        try:
+            if register is None:
+                raise RuntimeError
+            register(self._stop_own_loop, loop)
+        except RuntimeError:  # no such hook, or the interpreter is already exiting
+            atexit.register(self._stop_own_loop, loop)
         return loop
 
     def _stop_own_loop(self, loop: asyncio.AbstractEventLoop) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import threading
 import time
 import uuid
@@ -25,22 +26,29 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
-from django.db import DatabaseError, DataError, IntegrityError, connection, transaction
+import psycopg
+from django.db import IntegrityError, InterfaceError, OperationalError, connection, transaction
 from django.db.backends.utils import CursorWrapper
 
 from .base import BaseEvent
-from .event_bus import EventBus, event_bus, wait_also
+from .bulk import bulk_insert
+from .event_bus import EventBus, _completions, event_bus, wait_also
 
 logger = logging.getLogger("events")
 
 STORE_PRIORITY = 1_000_000  # before every other handler
-BATCH_SIZE = 1_000
+BATCH_SIZE = 1_000  # a batch this large is flushed at once
+MAX_BATCH = 5_000  # with a backlog, one transaction takes up to this many
 FLUSH_INTERVAL_S = 0.05
 MAX_BUFFER = 50_000
 MAX_READ_LIMIT = 10_000
 POLL_INTERVAL_S = 1.0
 
 BatchHook = Callable[[CursorWrapper, list[BaseEvent]], None]
+# COPY runs on psycopg's own cursor, so its errors come unwrapped by Django.
+_INTEGRITY_ERRORS = (IntegrityError, psycopg.IntegrityError)
+# The database is away (or busy): the batch is kept and retried. Anything else is about the batch.
+_RETRYABLE_ERRORS = (OperationalError, InterfaceError, psycopg.OperationalError, psycopg.InterfaceError)
 
 _EVENT_COLUMNS = (
     "position",
@@ -79,6 +87,7 @@ class EventStore:
         self._hooks: list[BatchHook] = []
         self._lock = threading.Lock()
         self._executor: ThreadPoolExecutor | None = None
+        self._writer_thread: int | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._listeners: set[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = set()
         self._reset_writer()
@@ -91,7 +100,9 @@ class EventStore:
         bus.on_shutdown(self.shutdown)
         if any(sub.handler == self._on_event for sub in bus.subscriptions):
             return
-        bus.subscribe(handler=self._on_event, priority=STORE_PRIORITY)
+        # Never timed out: its wait for room in a full buffer is what holds publishers back while the
+        # database is slow, and abandoning it would lose the event.
+        bus.subscribe(handler=self._on_event, priority=STORE_PRIORITY, timeout=math.inf)
 
     def add_batch_hook(self, hook: BatchHook) -> None:
         """Call `hook(cursor, events)` inside each batch's transaction with the events it newly stored."""
@@ -128,11 +139,23 @@ class EventStore:
         self._kick: asyncio.Event | None = None
         self._room: asyncio.Event | None = None
         self._urgent = False
+        self._waited_in_buffer = 0
         self._writing = 0
         self._idle_waiters: list[asyncio.Future[None]] = []
 
     def _ensure_writer(self) -> None:
+        flusher = self._flusher
+        loop = self._loop
+        if (
+            flusher is not None
+            and loop is not None
+            and self._writer_thread == threading.get_ident()
+            and loop.is_running()  # one running loop per thread: this one
+            and not flusher.done()
+        ):
+            return  # the common case: already running on this (the bus's) loop
         loop = asyncio.get_running_loop()
+        self._writer_thread = threading.get_ident()
         if self._loop is not loop:
             if self._loop is not None and self._buffer:
                 logger.error("event store: %d events of a stopped loop were never written", len(self._buffer))
@@ -159,6 +182,7 @@ class EventStore:
             committed = asyncio.get_running_loop().create_future()
             wait_also(committed)
             self._urgent = True
+            self._waited_in_buffer += 1
         self._buffer.append((event, committed))
         self._wake.set()
         if self._urgent or len(self._buffer) >= self.batch_size:
@@ -180,9 +204,10 @@ class EventStore:
                     pass
             else:
                 await asyncio.sleep(0)  # let a burst that is being handled add to this batch
-            batch = self._buffer[: self.batch_size]
+            batch = self._buffer[:MAX_BATCH]
             del self._buffer[: len(batch)]
-            self._urgent = any(done is not None for _, done in self._buffer)
+            self._waited_in_buffer -= sum(1 for _, done in batch if done is not None)
+            self._urgent = self._waited_in_buffer > 0
             self._writing = len(batch)
             if len(self._buffer) < self.max_buffer:
                 self._room.set()
@@ -201,7 +226,20 @@ class EventStore:
                 positions = await loop.run_in_executor(
                     self._get_executor(), self._write_batch, [event for event, _ in batch]
                 )
-            except (DataError, IntegrityError) as error:
+            except _RETRYABLE_ERRORS as error:
+                self._failures += 1
+                logger.warning(
+                    "event store could not write %d events (retrying in %.1fs): %s", len(batch), delay, error
+                )
+                for _, done in batch:
+                    if done is not None and not done.done():
+                        done.set_exception(EventStoreError(f"the event store is unavailable: {error}"))
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            except Exception as error:
+                # Not the connection: something in this batch the database (or its driver) refuses.
+                # Halve until the one event is found, store the rest, and log that one in full.
                 if len(batch) > 1:
                     middle = len(batch) // 2
                     await self._write(batch[:middle])
@@ -215,17 +253,6 @@ class EventStore:
                         EventStoreError(f"the database refused event {event.event_id}: {error}")
                     )
                 return
-            except Exception as error:
-                self._failures += 1
-                logger.warning(
-                    "event store could not write %d events (retrying in %.1fs): %s", len(batch), delay, error
-                )
-                for _, done in batch:
-                    if done is not None and not done.done():
-                        done.set_exception(EventStoreError(f"the event store is unavailable: {error}"))
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-                continue
             self._batches += 1
             self._last_batch_ms = (time.perf_counter() - started) * 1000
             for (event, done), position in zip(batch, positions, strict=True):
@@ -246,9 +273,8 @@ class EventStore:
         try:
             with transaction.atomic(), connection.cursor() as cursor:
                 return self._insert(cursor, events)
-        except DatabaseError as error:
-            if not isinstance(error, DataError | IntegrityError):
-                connection.close()  # whatever broke, the next batch starts on a fresh connection
+        except _RETRYABLE_ERRORS:
+            connection.close()  # the next attempt starts on a fresh connection
             raise
 
     def _insert(self, cursor: CursorWrapper, events: list[BaseEvent]) -> list[int]:
@@ -266,24 +292,34 @@ class EventStore:
         unique: dict[str, BaseEvent] = {}
         for event in events:
             unique.setdefault(event.event_id, event)
-        existing = self._existing_positions(cursor, list(unique))
-        new = [event for event_id, event in unique.items() if event_id not in existing]
-        assigned: dict[str, int] = dict(existing)
+        new = list(unique.values())
+        try:
+            # Optimistic: almost every batch is all new, so insert without looking first; a savepoint
+            # undoes the numbering and the insert if one event_id was stored before.
+            with transaction.atomic():
+                assigned = self._number_and_insert(cursor, new)
+        except _INTEGRITY_ERRORS:
+            existing = self._existing_positions(cursor, list(unique))
+            new = [event for event_id, event in unique.items() if event_id not in existing]
+            assigned = dict(existing)
+            if new:
+                assigned.update(self._number_and_insert(cursor, new))
         if new:
-            cursor.execute(
-                "UPDATE events_positioncounter SET value = value + %s WHERE id = 1 RETURNING value",
-                [len(new)],
-            )
-            first = int(cursor.fetchone()[0]) - len(new) + 1
-            for offset, event in enumerate(new):
-                assigned[event.event_id] = first + offset
-            self._insert_rows(cursor, new, assigned)
             stored = [_with_position(event, assigned[event.event_id]) for event in new]
             for hook in self._hooks:
                 hook(cursor, stored)
         self._stored += len(new)
         self._duplicates += len(events) - len(new)
         return [assigned[event.event_id] for event in events]
+
+    def _number_and_insert(self, cursor: CursorWrapper, events: list[BaseEvent]) -> dict[str, int]:
+        cursor.execute(
+            "UPDATE events_positioncounter SET value = value + %s WHERE id = 1 RETURNING value", [len(events)]
+        )
+        first = int(cursor.fetchone()[0]) - len(events) + 1
+        assigned = {event.event_id: first + offset for offset, event in enumerate(events)}
+        self._insert_rows(cursor, events, assigned)
+        return assigned
 
     @staticmethod
     def _existing_positions(cursor: CursorWrapper, event_ids: list[str]) -> dict[str, int]:
@@ -302,53 +338,34 @@ class EventStore:
 
     @staticmethod
     def _insert_rows(cursor: CursorWrapper, events: list[BaseEvent], positions: dict[str, int]) -> None:
-        now = datetime.now(UTC)
-        columns = ", ".join(_EVENT_COLUMNS)
         dumps = json.dumps
-        if connection.vendor == "postgresql":
-            # COPY is the fastest way into PostgreSQL; duplicates were filtered out under the lock.
-            with cursor.cursor.copy(f"COPY events_storedevent ({columns}) FROM STDIN") as copy:
-                for event in events:
-                    copy.write_row(
-                        (
-                            positions[event.event_id],
-                            event.event_id,
-                            str(event.event_type),
-                            str(event.event_category),
-                            event.timestamp,
-                            event.session_id,
-                            event.correlation_id,
-                            event.causation_id,
-                            dumps(event.data, ensure_ascii=False),
-                            event.source,
-                            event.version,
-                            event.actor,
-                            now,
-                        )
-                    )
-            return
+        postgres = connection.vendor == "postgresql"
         adapt_datetime = connection.ops.adapt_datetimefield_value
-        stored_at = adapt_datetime(now)
-        rows = [
-            (
-                positions[event.event_id],
-                uuid.UUID(event.event_id).hex,
-                str(event.event_type),
-                str(event.event_category),
-                adapt_datetime(event.timestamp),
-                event.session_id,
-                event.correlation_id,
-                event.causation_id,
-                dumps(event.data, ensure_ascii=False),
-                event.source,
-                event.version,
-                event.actor,
-                stored_at,
+        now = datetime.now(UTC)
+        stored_at = now if postgres else adapt_datetime(now)
+        rows = []
+        for event in events:
+            data_json = dumps(event.data, ensure_ascii=False)
+            # Kept for the batch hooks (the audit trail stores the same text).
+            event.__dict__["_data_json"] = data_json
+            rows.append(
+                (
+                    positions[event.event_id],
+                    event.event_id if postgres else uuid.UUID(event.event_id).hex,
+                    str(event.event_type),
+                    str(event.event_category),
+                    event.timestamp if postgres else adapt_datetime(event.timestamp),
+                    event.session_id,
+                    event.correlation_id,
+                    event.causation_id,
+                    data_json,
+                    event.source,
+                    event.version,
+                    event.actor,
+                    stored_at,
+                )
             )
-            for event in events
-        ]
-        marks = ", ".join(["%s"] * len(_EVENT_COLUMNS))
-        cursor.executemany(f"INSERT INTO events_storedevent ({columns}) VALUES ({marks})", rows)
+        bulk_insert(cursor, "events_storedevent", _EVENT_COLUMNS, rows)
 
     def _wake_idle(self) -> None:
         waiters, self._idle_waiters = self._idle_waiters, []
@@ -508,8 +525,6 @@ def _close_connection() -> None:
 
 def wait_also_available() -> bool:
     """Whether the event being handled has a publisher waiting for its handlers."""
-    from .event_bus import _completions
-
     return _completions.get() is not None
 
 

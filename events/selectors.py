@@ -2,7 +2,10 @@
 
 from typing import Any
 
-from .models import StoredEvent
+from .models import ApiToken, StoredEvent, hash_token
+
+# Longer than any token ApiToken.generate() makes; hashing megabytes of header is pointless.
+MAX_RAW_TOKEN_LENGTH = 256
 
 STORED_EVENT_FIELDS = (
     "position",
@@ -26,3 +29,16 @@ def stored_events_after(*, after: int | None, limit: int, **filters: str) -> lis
     if after is not None:
         queryset = queryset.filter(position__gt=after)
     return list(queryset.order_by("position").values(*STORED_EVENT_FIELDS)[:limit])
+
+
+def api_token_get_active(*, raw_token: str) -> ApiToken | None:
+    """The active token (not revoked, its user active) whose digest matches `raw_token`, user loaded."""
+    if not raw_token or len(raw_token) > MAX_RAW_TOKEN_LENGTH:
+        return None
+    return ApiToken.objects.active().select_related("user").filter(key_hash=hash_token(raw_token)).first()
+
+
+def stored_positions(*, event_ids: list[str]) -> dict[str, int]:
+    """The positions of those of `event_ids` that are stored, by event id."""
+    rows = StoredEvent.objects.filter(event_id__in=event_ids).values_list("event_id", "position")
+    return {str(event_id): position for event_id, position in rows}

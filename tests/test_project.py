@@ -220,3 +220,26 @@ def test_daphne_drains_accepted_events_when_stopped(tmp_path):
             "SELECT COUNT(*) FROM events_storedevent WHERE event_type = 'burst_tick'"
         ).fetchone()[0]
     assert stored == 200
+
+
+def test_a_django_script_commits_every_event_it_published_before_exiting(tmp_path):
+    """A management command or script: the store commits what was published, although nobody waited."""
+    database = tmp_path / "script.sqlite3"
+    script = f"""
+import os, sys
+sys.path.insert(0, {str(ROOT)!r})
+os.environ["DATABASE_URL"] = "sqlite:///{database}"
+os.environ["DJANGO_SETTINGS_MODULE"] = "eventbus_project.settings"
+import django
+django.setup()
+from django.core.management import call_command
+call_command("migrate", verbosity=0)
+from events.base import BaseEvent
+from events.event_bus import event_bus
+for n in range(300):
+    event_bus.publish_sync(BaseEvent("tick", "metrics", data={{"n": n}}))
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    with sqlite3.connect(database) as db:
+        assert db.execute("SELECT COUNT(*) FROM events_storedevent").fetchone()[0] == 300

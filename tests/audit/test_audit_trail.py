@@ -200,3 +200,24 @@ def test_the_actor_is_recorded_on_the_audit_entry():
     event_bus.publish_sync(event, wait_for_handlers=True)
     assert AuditEntry.objects.get(event_id=event.event_id).actor == "agent-runtime-1"
     assert StoredEvent.objects.get(event_id=event.event_id).actor == "agent-runtime-1"
+
+
+def test_verify_api_answers_auditors_and_refuses_others():
+    from django.test import Client
+
+    from events.services import api_token_issue
+
+    publish_critical(3)
+    auditor = api_token_issue(username="auditor-1", group="auditors").token
+    agent = api_token_issue(username="agent-1", group="agents").token
+    client = Client()
+    ok = client.get("/api/audit/verify/", headers={"Authorization": f"Bearer {auditor}"})
+    assert ok.status_code == 200 and ok.json() == {"ok": True, "entries": 3}
+    assert client.get("/api/audit/verify/").status_code == 401
+    refused = client.get("/api/audit/verify/", headers={"Authorization": f"Bearer {agent}"})
+    assert refused.status_code == 403 and refused.json()["code"]
+
+    victim = AuditEntry.objects.order_by("id")[1]
+    tamper("UPDATE audit_auditentry SET data = %s WHERE id = %s", ['{"forged": true}', victim.id])
+    broken = client.get("/api/audit/verify/", headers={"Authorization": f"Bearer {auditor}"}).json()
+    assert broken["ok"] is False and broken["broken_entry"] == victim.id

@@ -2,6 +2,7 @@
 
 import asyncio
 import threading
+import time
 import uuid
 
 import pytest
@@ -118,6 +119,9 @@ def test_positions_follow_commit_order_under_concurrent_writers():
                     last = rows[-1]
                 elif done:
                     return
+                else:
+                    # A pause when caught up: a reader spinning on the GIL starves the writers' threads.
+                    time.sleep(0.001)
         finally:
             connection.close()
 
@@ -256,3 +260,24 @@ async def test_a_database_outage_loses_nothing_and_tells_waiting_publishers(monk
     # The accepted events are all stored once the database is back, the failed waiter's too.
     assert len(await stored_rows(session_id="outage")) == 6
     assert event_store.get_stats()["write_failures"] == 2
+
+
+async def test_an_event_the_database_refuses_is_isolated_and_the_rest_are_stored(monkeypatch):
+    original = event_store._write_batch
+    poison = tick(13, "poison")
+
+    def refuse_poison(events):
+        if any(e.event_id == poison.event_id for e in events):
+            raise ValueError("the driver cannot encode this row")
+        return original(events)
+
+    monkeypatch.setattr(event_store, "_write_batch", refuse_poison)
+    others = [tick(n, "poison") for n in range(12)]
+    await event_bus.publish_many([*others[:6], poison, *others[6:]])
+    await settle()
+    again = BaseEvent.from_dict(poison.to_dict())
+    with pytest.raises(EventStoreError, match="refused"):
+        await event_bus.publish(again, wait_for_handlers=True)
+    stored = {str(event_id) for event_id, _ in await stored_rows(session_id="poison")}
+    assert stored == {e.event_id for e in others}
+    assert event_store.get_stats()["rejected"] == 2

@@ -185,6 +185,9 @@ def test_bad_events_fail_when_built_naming_the_field(build, fragment):
         ({"ratio": math.inf}, r"data\['ratio'\]"),
         ({"nested": {3: "x"}}, r"data\['nested'\]"),
         ({"text": "nul\x00byte"}, r"data\['text'\]"),
+        ({"text": "lone \ud800 surrogate"}, r"data\['text'\]"),
+        ({"key\x00": 1}, r"data key"),
+        ({"ключ\ud800": 1}, r"data key"),
         ({"deep": ["ok", {"text": "\x00"}]}, r"data\['deep'\]\[1\]\['text'\]"),
     ],
 )
@@ -221,3 +224,12 @@ def test_extra_data_keys_survive_a_round_trip():
     event = AgentSwitchedEvent(from_agent="a", to_agent="b")
     event.data["enriched_at"] = "2026-01-21T10:00:00"
     assert BaseEvent.from_json(event.to_json()).data["enriched_at"] == "2026-01-21T10:00:00"
+
+
+def test_non_ascii_text_is_fine():
+    event = AgentSwitchedEvent(from_agent="оркестратор", to_agent="кодер", reason="Требуется код 🙂")
+    assert BaseEvent.from_json(event.to_json()) == event
+    assert (
+        BaseEvent("custom", "system", data={"ключ": {"вложенный": "текст"}}).data["ключ"]["вложенный"]
+        == "текст"
+    )

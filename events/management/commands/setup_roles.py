@@ -1,0 +1,22 @@
+"""Create the groups operators, auditors and agents with their permissions (events/roles.py)."""
+
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError
+
+from eventbus_project.exceptions import ApplicationError
+from events.services import roles_setup
+
+
+class Command(BaseCommand):
+    help = "Create the groups of events/roles.py and grant their permissions; safe to run again."
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        try:
+            report = roles_setup()
+        except ApplicationError as error:
+            raise CommandError(error.message) from error
+        for line in report.lines:
+            self.stdout.write(line)
+        if not report.changed:
+            self.stdout.write("Nothing to do: every role is set up.")
