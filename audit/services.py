@@ -20,7 +20,7 @@ from django.db import connection, transaction
 from django.db.backends.utils import CursorWrapper
 
 from events.base import BaseEvent, format_timestamp
-from events.bulk import bulk_insert
+from events.bulk import bulk_insert, datetime_adapter
 from events.event_types import EventType
 from events.models import PurgePermit, StoredEvent
 
@@ -123,7 +123,7 @@ def _append(cursor: CursorWrapper, entries: list[dict[str, Any]], previous: str 
     if previous is None:
         previous = _last_hash(cursor)
     postgres = connection.vendor == "postgresql"
-    adapt_datetime = connection.ops.adapt_datetimefield_value
+    adapt_datetime = datetime_adapter()
     rows = []
     for entry in entries:
         digest = chain_hash(previous, entry)
@@ -137,7 +137,7 @@ def _append(cursor: CursorWrapper, entries: list[dict[str, Any]], previous: str 
                 event_id,
                 entry["event_type"],
                 entry["event_category"],
-                entry["timestamp"] if postgres else adapt_datetime(entry["timestamp"]),
+                adapt_datetime(entry["timestamp"]),
                 entry["session_id"],
                 entry["correlation_id"],
                 entry["actor"],

@@ -1,6 +1,7 @@
 """Bulk inserts for the store's writer and its hooks: COPY on PostgreSQL, executemany on SQLite."""
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 from django.db import connection
@@ -23,3 +24,21 @@ def bulk_insert(
         return
     marks = ", ".join(["%s"] * len(columns))
     cursor.executemany(f"INSERT INTO {table} ({names}) VALUES ({marks})", rows)
+
+
+def datetime_adapter() -> Callable[[datetime], Any]:
+    """A function giving this database's value for an aware datetime, as Django would store it."""
+    if connection.vendor == "postgresql":
+        return _same
+    if connection.timezone_name == "UTC":
+        # Django's own adapter for SQLite, without its per-call settings and zone look-ups.
+        return _sqlite_utc_text
+    return connection.ops.adapt_datetimefield_value
+
+
+def _same(value: datetime) -> datetime:
+    return value
+
+
+def _sqlite_utc_text(value: datetime) -> str:
+    return str(value.astimezone(UTC).replace(tzinfo=None))

@@ -31,7 +31,7 @@ from django.db import IntegrityError, InterfaceError, OperationalError, connecti
 from django.db.backends.utils import CursorWrapper
 
 from .base import BaseEvent
-from .bulk import bulk_insert
+from .bulk import bulk_insert, datetime_adapter
 from .event_bus import EventBus, _completions, event_bus, wait_also
 
 logger = logging.getLogger("events")
@@ -340,9 +340,8 @@ class EventStore:
     def _insert_rows(cursor: CursorWrapper, events: list[BaseEvent], positions: dict[str, int]) -> None:
         dumps = json.dumps
         postgres = connection.vendor == "postgresql"
-        adapt_datetime = connection.ops.adapt_datetimefield_value
-        now = datetime.now(UTC)
-        stored_at = now if postgres else adapt_datetime(now)
+        adapt_datetime = datetime_adapter()
+        stored_at = adapt_datetime(datetime.now(UTC))
         rows = []
         for event in events:
             data_json = dumps(event.data, ensure_ascii=False)
@@ -354,7 +353,7 @@ class EventStore:
                     event.event_id if postgres else uuid.UUID(event.event_id).hex,
                     str(event.event_type),
                     str(event.event_category),
-                    event.timestamp if postgres else adapt_datetime(event.timestamp),
+                    adapt_datetime(event.timestamp),
                     event.session_id,
                     event.correlation_id,
                     event.causation_id,
