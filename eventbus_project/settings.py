@@ -207,6 +207,14 @@ SPECTACULAR_SETTINGS = {
 # POST /api/events/ refuses bodies larger than this (413) before reading them; events.conf reads it.
 EVENTS_MAX_BODY_BYTES = int(env_number("EVENTS_MAX_BODY_BYTES", 8 * 1024 * 1024, minimum=1))
 
+# Human approval (hitl.conf reads these): how long a request waits by default and at most, how often
+# the server sweeps overdue ones, and how often a waiter re-checks for decisions made elsewhere.
+HITL_DEFAULT_TIMEOUT_S = env_number("HITL_DEFAULT_TIMEOUT_S", 900, minimum=1)
+HITL_MAX_TIMEOUT_S = env_number("HITL_MAX_TIMEOUT_S", 7 * 24 * 3600, minimum=1)
+HITL_SWEEP_INTERVAL_S = env_number("HITL_SWEEP_INTERVAL_S", 1.0, minimum=0.05)
+# JSON Schemas of tools' arguments, checked when an operator edits them: {"tool_name": {...schema...}}.
+HITL_TOOL_SCHEMAS: dict[str, Any] = {}
+
 # The in-process bus (events.conf reads these).
 EVENT_BUS = {
     "MAX_QUEUE_SIZE": int(env_number("EVENT_BUS_MAX_QUEUE_SIZE", 10_000, minimum=1)),

@@ -6,12 +6,17 @@ from rest_framework.permissions import AllowAny
 from audit.api import AuditVerifyView
 from events.api import EventsView
 from events.health import healthz
+from hitl.api import ApprovalCancelView, ApprovalDecisionView, ApprovalRequestDetailView, ApprovalRequestsView
 
 urlpatterns = [
     path("healthz", healthz, name="healthz"),
     path("admin/", admin.site.urls),
     path("api/events/", EventsView.as_view(), name="events"),
     path("api/audit/verify/", AuditVerifyView.as_view(), name="audit-verify"),
+    path("api/hitl/requests/", ApprovalRequestsView.as_view(), name="hitl-requests"),
+    path("api/hitl/requests/<str:call_id>/", ApprovalRequestDetailView.as_view(), name="hitl-request"),
+    path("api/hitl/requests/<str:call_id>/decision/", ApprovalDecisionView.as_view(), name="hitl-decision"),
+    path("api/hitl/requests/<str:call_id>/cancel/", ApprovalCancelView.as_view(), name="hitl-cancel"),
     path("api/schema/", SpectacularAPIView.as_view(permission_classes=[AllowAny]), name="schema"),
     path(
         "api/docs/",

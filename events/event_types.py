@@ -22,6 +22,7 @@ class EventType(StrEnum):
     TOOL_EXECUTION_FAILED = "tool_execution_failed"
     TOOL_APPROVAL_REQUIRED = "tool_approval_required"
     HITL_DECISION_MADE = "hitl_decision_made"
+    TOOL_APPROVAL_CANCELLED = "tool_approval_cancelled"
     SESSION_CREATED = "session_created"
     MESSAGE_ADDED = "message_added"
     OPERATOR_SIGNED_IN = "operator_signed_in"
@@ -42,6 +43,7 @@ DEFAULT_CATEGORY: dict[str, EventCategory] = {
     EventType.TOOL_EXECUTION_FAILED: EventCategory.TOOL,
     EventType.TOOL_APPROVAL_REQUIRED: EventCategory.HITL,
     EventType.HITL_DECISION_MADE: EventCategory.HITL,
+    EventType.TOOL_APPROVAL_CANCELLED: EventCategory.HITL,
     EventType.SESSION_CREATED: EventCategory.SESSION,
     EventType.MESSAGE_ADDED: EventCategory.SESSION,
     EventType.OPERATOR_SIGNED_IN: EventCategory.SYSTEM,

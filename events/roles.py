@@ -10,14 +10,14 @@ AGENTS = "agents"
 
 ROLES: dict[str, tuple[str, ...]] = {
     # Operators view and decide approval requests; the hitl app adds its permissions here.
-    OPERATORS: (),
+    OPERATORS: ("hitl.view_approvalrequest", "hitl.decide_approvalrequest", "events.view_storedevent"),
     AUDITORS: (
         "events.view_storedevent",
         "audit.view_auditentry",
         "audit.export_audit",
         "audit.verify_audit",
     ),
-    AGENTS: ("events.publish_events",),
+    AGENTS: ("events.publish_events", "hitl.request_approval"),
 }
 
 PUBLISH_EVENTS = "events.publish_events"

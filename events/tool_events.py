@@ -93,3 +93,11 @@ class HITLDecisionMadeEvent(BaseEvent):
             data["original_args"] = {}
         if data["decision"] == "EDIT" and data["modified_args"] is None:
             raise ValueError("HITLDecisionMadeEvent: data['modified_args'] is required when decision is EDIT")
+
+
+class ToolApprovalCancelledEvent(BaseEvent):
+    """The agent withdrew a tool call it had asked approval for."""
+
+    event_type_default = EventType.TOOL_APPROVAL_CANCELLED
+    event_category_default = EventCategory.HITL
+    data_fields = (DataField("call_id"), DataField("tool_name"))

@@ -11,6 +11,7 @@ from audit.subscribers import install_subscribers
 from events.db_triggers import PERMIT_TABLE
 from events.event_bus import event_bus
 from events.event_store import event_store
+from hitl.services import decision_waiters
 
 REQUIRE_SERVICES = os.environ.get("REQUIRE_SERVICES", "") == "1"
 
@@ -66,6 +67,7 @@ def fresh_bus(request: pytest.FixtureRequest):
     with_store = marker is not None and marker.kwargs.get("transaction", False)
     event_bus.reset()
     event_store.reset_stats()
+    decision_waiters.subscribe(event_bus)
     if with_store:
         install_subscribers(event_bus)
     yield event_bus

@@ -139,9 +139,8 @@ async def test_metrics_collector_and_audit_logger_examples():
         AgentSwitchedEvent(session_id="session-123", from_agent="orchestrator", to_agent="coder"),
         wait_for_handlers=True,
     )
-    assert (
-        getattr(event_bus.subscriptions[0].handler, "__self__", None) is event_store
-    )  # the store runs first
+    first = max(event_bus.subscriptions, key=lambda sub: sub.priority)
+    assert getattr(first.handler, "__self__", None) is event_store  # the store runs first
     # Получить все метрики
     metrics = metrics_collector.get_metrics()
     assert set(metrics) == {"agent_switches", "agent_processing", "tool_executions", "hitl_decisions"}

@@ -1,0 +1,302 @@
+"""The approval requests API: agents ask and wait, operators decide.
+
+Async views (eventbus_project.async_views): the long-poll holds no thread and no database connection
+while it waits, and the services run in worker threads, never on the thread sync views share.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.urls import reverse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from rest_framework import serializers
+from rest_framework.permissions import BasePermission, IsAuthenticated
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from eventbus_project.async_views import AsyncAPIView, off_shared_thread
+from eventbus_project.exceptions import ApplicationError
+from events.serializers import ErrorSerializer
+
+from .models import ApprovalRequest, DecisionChannel, OnExpire
+from .selectors import FILTERS, VIEW_PERMISSION, approval_as_dict, approval_list
+from .services import DECIDE_PERMISSION, approval_cancel, approval_decide, approval_request, await_decision
+
+REQUEST_PERMISSION = "hitl.request_approval"
+MAX_WAIT_S = 60
+MAX_PAGE = 200
+
+
+class ApprovalRequestOut(serializers.Serializer):
+    """An approval request as the contract's JSON."""
+
+    call_id = serializers.CharField()
+    session_id = serializers.CharField()
+    correlation_id = serializers.CharField(allow_null=True)
+    agent = serializers.CharField()
+    tool_name = serializers.CharField()
+    arguments = serializers.DictField()
+    modified_args = serializers.DictField(allow_null=True)
+    status = serializers.ChoiceField(
+        choices=["pending", "approved", "edited", "rejected", "expired", "cancelled"]
+    )
+    reason = serializers.CharField()
+    comment = serializers.CharField()
+    decided_by = serializers.CharField(allow_null=True)
+    channel = serializers.CharField(allow_null=True)
+    created_at = serializers.DateTimeField()
+    decided_at = serializers.DateTimeField(allow_null=True)
+    expires_at = serializers.DateTimeField()
+    on_expire = serializers.ChoiceField(choices=OnExpire.values)
+
+
+class ApprovalPageOut(serializers.Serializer):
+    results = ApprovalRequestOut(many=True)
+    next = serializers.CharField(allow_null=True)
+
+
+class ApprovalRequestIn(serializers.Serializer):
+    session_id = serializers.CharField(max_length=255)
+    call_id = serializers.CharField(max_length=255)
+    tool_name = serializers.CharField(max_length=255)
+    arguments = serializers.DictField(required=False, default=dict)
+    reason = serializers.CharField(required=False, allow_blank=True, default="")
+    agent = serializers.CharField(max_length=150, required=False, allow_blank=True, default="")
+    timeout_s = serializers.FloatField(required=False, allow_null=True, default=None)
+    on_expire = serializers.ChoiceField(choices=OnExpire.values, required=False, default=OnExpire.REJECT)
+    correlation_id = serializers.CharField(max_length=255, required=False, allow_null=True, default=None)
+
+
+class DecisionIn(serializers.Serializer):
+    decision = serializers.ChoiceField(choices=["APPROVE", "EDIT", "REJECT"])
+    modified_args = serializers.DictField(required=False, allow_null=True, default=None)
+    comment = serializers.CharField(required=False, allow_blank=True, default="")
+
+
+_ERRORS = {
+    400: OpenApiResponse(ErrorSerializer, description="Invalid input; `errors` names the fields."),
+    401: OpenApiResponse(ErrorSerializer),
+    403: OpenApiResponse(ErrorSerializer),
+}
+
+
+class CanSeeApprovals(BasePermission):
+    """Operators see and decide; agents (and others with the request permission) ask and see their own."""
+
+    message = "You need to be an operator, or an agent asking about its own requests."
+
+    def has_permission(self, request: Request, view: Any) -> bool:
+        user = request.user
+        return bool(
+            user.has_perm(VIEW_PERMISSION)
+            or user.has_perm(REQUEST_PERMISSION)
+            or user.has_perm(DECIDE_PERMISSION)
+        )
+
+
+def _body(request: Request) -> Any:
+    data = request.data
+    if not isinstance(data, dict):
+        raise ApplicationError("the body must be a JSON object", code="invalid_body", status=400)
+    return data
+
+
+def _load_visible(user: Any, call_id: str) -> ApprovalRequest:
+    request = ApprovalRequest.objects.filter(call_id=call_id).first()
+    if request is None or not (user.has_perm(VIEW_PERMISSION) or request.requested_by_id == user.pk):
+        raise ApplicationError(f"no approval request has call_id {call_id!r}", code="not_found", status=404)
+    return request
+
+
+class ApprovalRequestsView(AsyncAPIView):
+    """List approval requests, or ask for one."""
+
+    permission_classes = [IsAuthenticated, CanSeeApprovals]
+
+    @extend_schema(
+        operation_id="hitl_requests_list",
+        summary="List approval requests",
+        parameters=[
+            OpenApiParameter(
+                "status",
+                OpenApiTypes.STR,
+                enum=["pending", "approved", "edited", "rejected", "expired", "cancelled"],
+            ),
+            OpenApiParameter("tool_name", OpenApiTypes.STR),
+            OpenApiParameter("agent", OpenApiTypes.STR),
+            OpenApiParameter("session_id", OpenApiTypes.STR),
+            OpenApiParameter("limit", OpenApiTypes.INT, description=f"At most {MAX_PAGE} (50 by default)."),
+            OpenApiParameter(
+                "before", OpenApiTypes.INT, description="The `next` cursor of the previous page."
+            ),
+        ],
+        responses={200: ApprovalPageOut, **_ERRORS},
+        tags=["hitl"],
+    )
+    async def get(self, request: Request) -> Response:
+        """Newest first; operators see all, an agent its own."""
+        params = request.query_params
+        limit = _int_param(params.get("limit"), "limit", default=50, low=1, high=MAX_PAGE)
+        before = _int_param(params.get("before"), "before", default=None, low=1, high=None)
+        filters = {key: params[key] for key in FILTERS if params.get(key)}
+        results, next_before = await off_shared_thread(approval_list)(
+            user=request.user, filters=filters, before_id=before, limit=limit
+        )
+        next_url = None
+        if next_before is not None:
+            query = params.copy()
+            query["before"] = str(next_before)
+            next_url = request.build_absolute_uri(f"{reverse('hitl-requests')}?{query.urlencode()}")
+        return Response({"results": results, "next": next_url})
+
+    @extend_schema(
+        operation_id="hitl_requests_create",
+        summary="Ask for approval of a tool call",
+        description="Idempotent on call_id: the same call again answers 200 with the existing request.",
+        request=ApprovalRequestIn,
+        responses={
+            201: ApprovalRequestOut,
+            200: ApprovalRequestOut,
+            409: OpenApiResponse(ErrorSerializer),
+            **_ERRORS,
+        },
+        tags=["hitl"],
+    )
+    async def post(self, request: Request) -> Response:
+        """201 with the new request; 200 with the existing one for a known call_id."""
+        if not request.user.has_perm(REQUEST_PERMISSION):
+            raise ApplicationError("only agents may ask for approvals", code="permission_denied", status=403)
+        payload = ApprovalRequestIn(data=_body(request))
+        payload.is_valid(raise_exception=True)
+        data = payload.validated_data
+        approval, created = await off_shared_thread(approval_request)(
+            call_id=data["call_id"],
+            session_id=data["session_id"],
+            tool_name=data["tool_name"],
+            arguments=data["arguments"],
+            reason=data["reason"],
+            agent=data["agent"],
+            correlation_id=data["correlation_id"],
+            timeout_s=data["timeout_s"],
+            on_expire=data["on_expire"],
+            requested_by=request.user,
+        )
+        return Response(approval_as_dict(approval), status=201 if created else 200)
+
+
+class ApprovalRequestDetailView(AsyncAPIView):
+    """One approval request; with ?wait=N, held until it is decided (at most N seconds, N <= 60)."""
+
+    permission_classes = [IsAuthenticated, CanSeeApprovals]
+
+    @extend_schema(
+        operation_id="hitl_requests_retrieve",
+        summary="An approval request, optionally waiting for its decision",
+        parameters=[
+            OpenApiParameter(
+                "wait", OpenApiTypes.FLOAT, description=f"Seconds to hold, at most {MAX_WAIT_S}."
+            )
+        ],
+        responses={200: ApprovalRequestOut, 404: OpenApiResponse(ErrorSerializer), **_ERRORS},
+        tags=["hitl"],
+    )
+    async def get(self, request: Request, call_id: str) -> Response:
+        """The request as it is now, or once decided when `wait` is given."""
+        wait = _float_param(request.query_params.get("wait"), "wait", high=MAX_WAIT_S)
+        approval = await off_shared_thread(_load_visible)(request.user, call_id)
+        if wait and approval.is_pending:
+            # Holds no thread and no connection while it waits: a future resolved by the bus.
+            await await_decision(call_id, timeout=wait)
+            approval = await off_shared_thread(_load_visible)(request.user, call_id)
+        return Response(approval_as_dict(approval))
+
+
+class ApprovalDecisionView(AsyncAPIView):
+    """An operator's decision: the approver is the authenticated user, whatever the body says."""
+
+    permission_classes = [IsAuthenticated, CanSeeApprovals]
+
+    @extend_schema(
+        operation_id="hitl_requests_decide",
+        summary="Approve, edit or reject",
+        request=DecisionIn,
+        responses={
+            200: ApprovalRequestOut,
+            404: OpenApiResponse(ErrorSerializer),
+            409: OpenApiResponse(ErrorSerializer),
+            **_ERRORS,
+        },
+        tags=["hitl"],
+    )
+    async def post(self, request: Request, call_id: str) -> Response:
+        """200 with the decided request; 409 when it was decided already or has expired."""
+        payload = DecisionIn(data=_body(request))
+        payload.is_valid(raise_exception=True)
+        data = payload.validated_data
+        approval = await off_shared_thread(approval_decide)(
+            call_id=call_id,
+            user=request.user,
+            decision=data["decision"],
+            modified_args=data["modified_args"],
+            comment=data["comment"],
+            channel=DecisionChannel.API,
+        )
+        return Response(approval_as_dict(approval))
+
+
+class ApprovalCancelView(AsyncAPIView):
+    """The agent that asked withdraws its request."""
+
+    permission_classes = [IsAuthenticated, CanSeeApprovals]
+
+    @extend_schema(
+        operation_id="hitl_requests_cancel",
+        summary="Withdraw a pending request",
+        request=None,
+        responses={
+            200: ApprovalRequestOut,
+            404: OpenApiResponse(ErrorSerializer),
+            409: OpenApiResponse(ErrorSerializer),
+            **_ERRORS,
+        },
+        tags=["hitl"],
+    )
+    async def post(self, request: Request, call_id: str) -> Response:
+        """200 with the cancelled request; 409 when it is no longer pending."""
+        approval = await off_shared_thread(approval_cancel)(call_id=call_id, user=request.user)
+        return Response(approval_as_dict(approval))
+
+
+def _int_param(raw: str | None, name: str, *, default: int | None, low: int, high: int | None) -> int | None:
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise _bad_param(name, f"{raw!r} is not an integer") from None
+    if value < low or (high is not None and value > high):
+        raise _bad_param(name, f"must be between {low} and {high}" if high else f"must be at least {low}")
+    return value
+
+
+def _float_param(raw: str | None, name: str, *, high: float) -> float:
+    if raw is None or raw == "":
+        return 0.0
+    try:
+        value = float(raw)
+    except ValueError:
+        raise _bad_param(name, f"{raw!r} is not a number") from None
+    if not 0 <= value <= high:  # also refuses nan
+        raise _bad_param(name, f"must be between 0 and {high:g}")
+    return value
+
+
+def _bad_param(name: str, message: str) -> ApplicationError:
+    return ApplicationError(
+        f"{name}: {message}",
+        code="invalid",
+        status=400,
+        extra={"errors": [{"field": name, "message": message}]},
+    )

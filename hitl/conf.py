@@ -1,0 +1,56 @@
+"""The hitl app's settings, read through one accessor."""
+
+from dataclasses import dataclass
+from typing import Any
+
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+
+
+@dataclass(frozen=True)
+class HitlSettings:
+    default_timeout_s: float
+    max_timeout_s: float
+    sweep_interval_s: float
+    recheck_interval_s: float
+
+
+def _positive(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise ImproperlyConfigured(f"{name} must be a positive number of seconds, not {value!r}")
+    return float(value)
+
+
+def hitl_settings() -> HitlSettings:
+    """HITL_* settings with their defaults, validated."""
+    default = _positive("HITL_DEFAULT_TIMEOUT_S", getattr(settings, "HITL_DEFAULT_TIMEOUT_S", 900))
+    maximum = _positive("HITL_MAX_TIMEOUT_S", getattr(settings, "HITL_MAX_TIMEOUT_S", 7 * 24 * 3600))
+    if default > maximum:
+        raise ImproperlyConfigured("HITL_DEFAULT_TIMEOUT_S is larger than HITL_MAX_TIMEOUT_S")
+    return HitlSettings(
+        default_timeout_s=default,
+        max_timeout_s=maximum,
+        sweep_interval_s=_positive("HITL_SWEEP_INTERVAL_S", getattr(settings, "HITL_SWEEP_INTERVAL_S", 1.0)),
+        recheck_interval_s=_positive(
+            "HITL_RECHECK_INTERVAL_S", getattr(settings, "HITL_RECHECK_INTERVAL_S", 10.0)
+        ),
+    )
+
+
+_registered: dict[str, dict[str, Any]] = {}
+
+
+def register_tool_schema(tool_name: str, schema: dict[str, Any]) -> None:
+    """Register the JSON Schema that edited arguments of `tool_name` must satisfy."""
+    import jsonschema
+
+    jsonschema.Draft202012Validator.check_schema(schema)
+    _registered[tool_name] = schema
+
+
+def tool_schema(tool_name: str) -> dict[str, Any] | None:
+    """The JSON Schema for the tool's arguments: registered in code, or in settings.HITL_TOOL_SCHEMAS."""
+    if tool_name in _registered:
+        return _registered[tool_name]
+    configured: dict[str, Any] = getattr(settings, "HITL_TOOL_SCHEMAS", {}) or {}
+    return configured.get(tool_name)

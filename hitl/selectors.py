@@ -1,0 +1,80 @@
+"""Reads of approval requests."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from django.db.models import Case, IntegerField, QuerySet, Value, When
+
+from events.base import format_timestamp
+
+from .models import ApprovalRequest, ApprovalStatus
+
+if TYPE_CHECKING:
+    from django.contrib.auth.models import AnonymousUser, User
+
+VIEW_PERMISSION = "hitl.view_approvalrequest"
+FILTERS = ("status", "tool_name", "agent", "session_id")
+
+
+def approval_as_dict(request: ApprovalRequest) -> dict[str, Any]:
+    """An approval request as the contract's JSON."""
+
+    def moment(value: Any) -> str | None:
+        return None if value is None else format_timestamp(value)
+
+    return {
+        "call_id": request.call_id,
+        "session_id": request.session_id,
+        "correlation_id": request.correlation_id,
+        "agent": request.agent,
+        "tool_name": request.tool_name,
+        "arguments": request.arguments,
+        "modified_args": request.modified_args,
+        "status": request.status,
+        "reason": request.reason,
+        "comment": request.comment,
+        "decided_by": request.decided_by_username or None,
+        "channel": request.channel or None,
+        "created_at": moment(request.created_at),
+        "decided_at": moment(request.decided_at),
+        "expires_at": moment(request.expires_at),
+        "on_expire": request.on_expire,
+    }
+
+
+def approvals_visible_to(user: User | AnonymousUser) -> QuerySet[ApprovalRequest]:
+    """Operators (and auditors with the view permission) see every request; an agent sees its own."""
+    if user.has_perm(VIEW_PERMISSION):
+        return ApprovalRequest.objects.all()
+    return ApprovalRequest.objects.filter(requested_by_id=user.pk)
+
+
+def pending_first(queryset: QuerySet[ApprovalRequest]) -> QuerySet[ApprovalRequest]:
+    """Pending requests first (oldest waiting first), then the rest newest first."""
+    return queryset.annotate(
+        pending_rank=Case(
+            When(status=ApprovalStatus.PENDING, then=Value(0)), default=Value(1), output_field=IntegerField()
+        )
+    ).order_by("pending_rank", "-created_at")
+
+
+def approval_list(
+    *, user: User | AnonymousUser, filters: dict[str, str], before_id: int | None, limit: int
+) -> tuple[list[dict[str, Any]], int | None]:
+    """A page of requests visible to `user`, newest first (keyset by id); and the id to continue before."""
+    queryset = approvals_visible_to(user).filter(**{k: v for k, v in filters.items() if k in FILTERS})
+    if before_id is not None:
+        queryset = queryset.filter(id__lt=before_id)
+    page = list(queryset.order_by("-id")[: limit + 1])
+    more = len(page) > limit
+    page = page[:limit]
+    return [approval_as_dict(r) for r in page], (page[-1].id if more and page else None)
+
+
+def pending_approvals() -> list[dict[str, Any]]:
+    """Every pending request, oldest first (the approval page's snapshot)."""
+    return [
+        approval_as_dict(r)
+        for r in ApprovalRequest.objects.filter(status=ApprovalStatus.PENDING).order_by("created_at")[:1000]
+    ]

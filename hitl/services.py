@@ -1,0 +1,554 @@
+"""The approval lifecycle: request, decide, expire, cancel, and waiting for the decision.
+
+Every surface (admin, page, REST, WebSocket, sweeper) goes through these functions. Writes are
+`@transaction.atomic` and publish their event in `transaction.on_commit`. A decision is a conditional
+UPDATE of a pending, unexpired row, so of any number of simultaneous decisions exactly one wins.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from django.db import transaction
+from django.utils import timezone
+
+from audit.services import canonical_json
+from eventbus_project.exceptions import ApplicationError
+from events.base import BaseEvent, ensure_json_safe
+from events.event_bus import EventBus, event_bus
+from events.event_types import EventType
+from events.signals import publish_on_commit
+from events.tool_events import HITLDecisionMadeEvent, ToolApprovalCancelledEvent, ToolApprovalRequiredEvent
+
+from .conf import hitl_settings, tool_schema
+from .models import ApprovalRequest, ApprovalStatus, DecisionChannel, OnExpire
+
+if TYPE_CHECKING:
+    from django.contrib.auth.models import AnonymousUser, User
+
+logger = logging.getLogger("hitl")
+
+DECISIONS = {
+    "APPROVE": ApprovalStatus.APPROVED,
+    "EDIT": ApprovalStatus.EDITED,
+    "REJECT": ApprovalStatus.REJECTED,
+}
+DECIDE_PERMISSION = "hitl.decide_approvalrequest"
+MAX_TEXT = 255
+
+
+def args_digest(tool_name: str, arguments: dict[str, Any]) -> str:
+    """SHA-256 of the tool name and the canonical JSON of its arguments."""
+    return hashlib.sha256(f"{tool_name}\n{canonical_json(arguments)}".encode()).hexdigest()
+
+
+def _invalid(field: str, message: str) -> ApplicationError:
+    return ApplicationError(
+        f"{field}: {message}",
+        code="invalid",
+        status=400,
+        extra={"errors": [{"field": field, "message": message}]},
+    )
+
+
+def _check_arguments(field: str, value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise _invalid(field, f"must be a JSON object, not {type(value).__name__}")
+    try:
+        ensure_json_safe(value, field)
+    except (TypeError, ValueError) as error:
+        raise _invalid(field, str(error)) from None
+    return value
+
+
+def _check_text(field: str, value: Any, *, required: bool = True, limit: int = MAX_TEXT) -> str:
+    if value is None:
+        value = ""
+    if not isinstance(value, str):
+        raise _invalid(field, f"must be a string, not {type(value).__name__}")
+    if required and not value:
+        raise _invalid(field, "is required")
+    if len(value) > limit:
+        raise _invalid(field, f"has {len(value)} characters; at most {limit} are allowed")
+    if "\x00" in value:
+        raise _invalid(field, "contains a NUL character")
+    return value
+
+
+def validate_against_schema(tool_name: str, arguments: dict[str, Any], field: str = "modified_args") -> None:
+    """Check `arguments` against the JSON Schema registered for the tool, if any; 400 naming the field."""
+    schema = tool_schema(tool_name)
+    if schema is None:
+        return
+    import jsonschema
+
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(arguments), key=lambda e: list(e.absolute_path))
+    if errors:
+        first = errors[0]
+        path = ".".join(str(part) for part in first.absolute_path)
+        name = f"{field}.{path}" if path else field
+        raise ApplicationError(
+            f"{name}: {first.message}",
+            code="invalid",
+            status=400,
+            extra={
+                "errors": [
+                    {
+                        "field": f"{field}.{'.'.join(str(p) for p in e.absolute_path)}".rstrip("."),
+                        "message": e.message,
+                    }
+                    for e in errors
+                ]
+            },
+        )
+
+
+def user_may_decide(user: User | AnonymousUser | None) -> bool:
+    """Operators (and superusers) decide; nobody else."""
+    return bool(user is not None and user.is_authenticated and user.has_perm(DECIDE_PERMISSION))
+
+
+# Request
+
+
+@transaction.atomic
+def approval_request(
+    *,
+    call_id: str,
+    session_id: str,
+    tool_name: str,
+    arguments: dict[str, Any],
+    reason: str = "",
+    agent: str = "",
+    correlation_id: str | None = None,
+    timeout_s: float | None = None,
+    on_expire: str = OnExpire.REJECT,
+    requested_by: User | None = None,
+) -> tuple[ApprovalRequest, bool]:
+    """Hold a tool call for approval; idempotent on `call_id`. Returns the request and whether it is new."""
+    call_id = _check_text("call_id", call_id)
+    if any(c in call_id for c in "/?#") or call_id != call_id.strip():
+        raise _invalid("call_id", "must not contain /, ?, # or surrounding spaces (it is part of URLs)")
+    session_id = _check_text("session_id", session_id)
+    tool_name = _check_text("tool_name", tool_name)
+    agent = _check_text("agent", agent, required=False, limit=150)
+    reason = _check_text("reason", reason, required=False, limit=10_000)
+    if correlation_id is not None:
+        correlation_id = _check_text("correlation_id", correlation_id) or None
+    arguments = _check_arguments("arguments", arguments)
+    if on_expire not in OnExpire.values:
+        raise _invalid("on_expire", f"must be one of {', '.join(OnExpire.values)}")
+    config = hitl_settings()
+    if timeout_s is None:
+        timeout_s = config.default_timeout_s
+    if (
+        isinstance(timeout_s, bool)
+        or not isinstance(timeout_s, int | float)
+        or not 0 < timeout_s <= config.max_timeout_s
+    ):
+        raise _invalid(
+            "timeout_s", f"must be a number of seconds above 0 and at most {config.max_timeout_s:g}"
+        )
+    digest = args_digest(tool_name, arguments)
+
+    existing = ApprovalRequest.objects.filter(call_id=call_id).first()
+    if existing is not None:
+        return _same_call(existing, tool_name, digest), False
+    now = timezone.now()
+    request = ApprovalRequest(
+        call_id=call_id,
+        session_id=session_id,
+        correlation_id=correlation_id,
+        agent=agent,
+        tool_name=tool_name,
+        arguments=arguments,
+        args_hash=digest,
+        reason=reason,
+        requested_by=requested_by,
+        created_at=now,
+        expires_at=now + timedelta(seconds=float(timeout_s)),
+        on_expire=on_expire,
+    )
+    try:
+        with transaction.atomic():
+            request.save(force_insert=True)
+    except Exception:
+        # Another request with this call_id committed between the look-up and the insert.
+        existing = ApprovalRequest.objects.filter(call_id=call_id).first()
+        if existing is None:
+            raise
+        return _same_call(existing, tool_name, digest), False
+    event = ToolApprovalRequiredEvent(
+        session_id=session_id,
+        correlation_id=correlation_id,
+        tool_name=tool_name,
+        arguments=arguments,
+        call_id=call_id,
+        reason=reason,
+        agent=agent or None,
+        source="hitl",
+        data={"expires_at": request.expires_at.isoformat(), "on_expire": on_expire},
+    )
+    event.actor = requested_by.get_username() if requested_by is not None else None
+    publish_on_commit(event)
+    return request, True
+
+
+def _same_call(existing: ApprovalRequest, tool_name: str, digest: str) -> ApprovalRequest:
+    if existing.tool_name != tool_name or existing.args_hash != digest:
+        raise ApplicationError(
+            f"call_id {existing.call_id!r} is already used for a different tool call",
+            code="call_id_conflict",
+            status=409,
+        )
+    return existing
+
+
+# Decide
+
+
+@transaction.atomic
+def approval_decide(
+    *,
+    call_id: str,
+    user: User | AnonymousUser | None,
+    decision: str,
+    modified_args: dict[str, Any] | None = None,
+    comment: str = "",
+    channel: str = DecisionChannel.API,
+) -> ApprovalRequest:
+    """Approve, edit or reject a pending request as `user`; exactly one of simultaneous decisions wins."""
+    if not user_may_decide(user):
+        raise ApplicationError(
+            "only operators may decide approval requests", code="permission_denied", status=403
+        )
+    assert user is not None
+    if decision not in DECISIONS:
+        raise _invalid("decision", f"must be one of {', '.join(DECISIONS)}")
+    if channel not in DecisionChannel.values or channel == DecisionChannel.EXPIRY:
+        raise _invalid("channel", f"{channel!r} is not a channel a person decides through")
+    comment = _check_text("comment", comment, required=False, limit=10_000)
+    request = ApprovalRequest.objects.filter(call_id=call_id).first()
+    if request is None:
+        raise ApplicationError(f"no approval request has call_id {call_id!r}", code="not_found", status=404)
+    if decision == "EDIT":
+        if modified_args is None:
+            raise _invalid("modified_args", "is required to EDIT")
+        modified_args = _check_arguments("modified_args", modified_args)
+        validate_against_schema(request.tool_name, modified_args)
+    elif modified_args is not None:
+        raise _invalid("modified_args", f"is only for EDIT, not {decision}")
+
+    now = timezone.now()
+    username = user.get_username()
+    won = ApprovalRequest.objects.filter(
+        pk=request.pk, status=ApprovalStatus.PENDING, expires_at__gt=now
+    ).update(
+        status=DECISIONS[decision],
+        modified_args=modified_args,
+        decided_by=user,
+        decided_by_username=username,
+        decided_at=now,
+        channel=channel,
+        comment=comment,
+    )
+    if not won:
+        request.refresh_from_db()
+        if request.status == ApprovalStatus.PENDING:
+            raise ApplicationError(
+                f"approval request {call_id!r} expired at {request.expires_at.isoformat()}",
+                code="expired",
+                status=409,
+            )
+        raise ApplicationError(
+            f"approval request {call_id!r} is already {request.status}"
+            + (f" (by {request.decided_by_username})" if request.decided_by_username else ""),
+            code="already_decided",
+            status=409,
+        )
+    request.refresh_from_db()
+    _publish_decision(request, decision)
+    return request
+
+
+def _publish_decision(request: ApprovalRequest, decision: str, *, expired: bool = False) -> None:
+    event = HITLDecisionMadeEvent(
+        session_id=request.session_id,
+        correlation_id=request.correlation_id,
+        call_id=request.call_id,
+        decision=decision,
+        tool_name=request.tool_name,
+        original_args=request.arguments,
+        modified_args=request.modified_args,
+        decided_by=request.decided_by_username or None,
+        comment=request.comment or None,
+        source="hitl",
+        data={"channel": request.channel, "status": request.status, "expired": expired},
+    )
+    event.actor = request.decided_by_username or None
+    publish_on_commit(event)
+
+
+# Expire and cancel
+
+
+def approval_expire(*, now: datetime | None = None, call_id: str | None = None, limit: int = 500) -> int:
+    """Give overdue pending requests their `on_expire` outcome, decided by expiry; return how many."""
+    now = now or timezone.now()
+    overdue = ApprovalRequest.objects.filter(status=ApprovalStatus.PENDING, expires_at__lte=now)
+    if call_id is not None:
+        overdue = overdue.filter(call_id=call_id)
+    expired = 0
+    for pk in list(overdue.order_by("expires_at").values_list("pk", flat=True)[:limit]):
+        with transaction.atomic():
+            won = ApprovalRequest.objects.filter(
+                pk=pk, status=ApprovalStatus.PENDING, expires_at__lte=now
+            ).update(status=ApprovalStatus.EXPIRED, channel=DecisionChannel.EXPIRY, decided_at=now)
+            if not won:
+                continue  # decided a moment ago, or another sweeper got there first
+            request = ApprovalRequest.objects.get(pk=pk)
+            outcome = "APPROVE" if request.on_expire == OnExpire.APPROVE else "REJECT"
+            _publish_decision(request, outcome, expired=True)
+            expired += 1
+    if expired:
+        logger.info("expired %d approval requests", expired)
+    return expired
+
+
+@transaction.atomic
+def approval_cancel(*, call_id: str, user: User | AnonymousUser | None) -> ApprovalRequest:
+    """The agent that asked withdraws a pending request (operators may too)."""
+    request = ApprovalRequest.objects.filter(call_id=call_id).first()
+    if request is None:
+        raise ApplicationError(f"no approval request has call_id {call_id!r}", code="not_found", status=404)
+    if (
+        user is None
+        or not user.is_authenticated
+        or not (
+            user_may_decide(user)
+            or (request.requested_by_id is not None and request.requested_by_id == user.pk)
+        )
+    ):
+        raise ApplicationError(
+            "only the agent that asked may cancel its request", code="permission_denied", status=403
+        )
+    now = timezone.now()
+    won = ApprovalRequest.objects.filter(pk=request.pk, status=ApprovalStatus.PENDING).update(
+        status=ApprovalStatus.CANCELLED, decided_at=now
+    )
+    request.refresh_from_db()
+    if not won:
+        raise ApplicationError(
+            f"approval request {call_id!r} is already {request.status}", code="already_decided", status=409
+        )
+    event = ToolApprovalCancelledEvent(
+        session_id=request.session_id,
+        correlation_id=request.correlation_id,
+        call_id=request.call_id,
+        tool_name=request.tool_name,
+        source="hitl",
+    )
+    event.actor = user.get_username()
+    publish_on_commit(event)
+    return request
+
+
+# Waiting
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What the agent that asked needs: the outcome and the arguments to run the tool with."""
+
+    call_id: str
+    status: str
+    decision: str | None  # APPROVE, EDIT or REJECT; None while pending or when cancelled
+    arguments: dict[str, Any]
+    comment: str
+    decided_by: str | None
+    channel: str
+
+    @property
+    def approved(self) -> bool:
+        """Whether the tool may run (approved, edited, or expired with on_expire=approve)."""
+        return self.decision in ("APPROVE", "EDIT")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "call_id": self.call_id,
+            "status": self.status,
+            "decision": self.decision,
+            "approved": self.approved,
+            "arguments": self.arguments,
+            "comment": self.comment,
+            "decided_by": self.decided_by,
+            "channel": self.channel,
+        }
+
+
+def decision_of(request: ApprovalRequest) -> Decision | None:
+    """The decision on a request, None while it is pending."""
+    status = request.status
+    if status == ApprovalStatus.PENDING:
+        return None
+    if status == ApprovalStatus.EXPIRED:
+        outcome: str | None = "APPROVE" if request.on_expire == OnExpire.APPROVE else "REJECT"
+    elif status == ApprovalStatus.CANCELLED:
+        outcome = None
+    else:
+        outcome = {"approved": "APPROVE", "edited": "EDIT"}.get(str(status), "REJECT")
+    arguments = request.modified_args if status == ApprovalStatus.EDITED else request.arguments
+    return Decision(
+        call_id=request.call_id,
+        status=status,
+        decision=outcome,
+        arguments=arguments or {},
+        comment=request.comment,
+        decided_by=request.decided_by_username or None,
+        channel=request.channel,
+    )
+
+
+def _decision_from_event(event: BaseEvent) -> Decision:
+    data = event.data
+    decision = data.get("decision")
+    status = data.get("status") or {"APPROVE": "approved", "EDIT": "edited", "REJECT": "rejected"}.get(
+        str(decision), ""
+    )
+    arguments = data.get("modified_args") if decision == "EDIT" else data.get("original_args")
+    return Decision(
+        call_id=str(data.get("call_id")),
+        status=str(status),
+        decision=decision,
+        arguments=arguments or {},
+        comment=data.get("comment") or "",
+        decided_by=data.get("decided_by"),
+        channel=str(data.get("channel") or ""),
+    )
+
+
+class DecisionWaiters:
+    """Futures of the coroutines waiting for a decision, resolved by the bus as decisions are published."""
+
+    def __init__(self) -> None:
+        self._waiting: dict[str, set[asyncio.Future[Decision | None]]] = {}
+
+    def subscribe(self, bus: EventBus = event_bus) -> None:
+        """Listen to decisions and cancellations on `bus` (once)."""
+        present = {(sub.event_type, sub.handler) for sub in bus.subscriptions}
+        for event_type in (EventType.HITL_DECISION_MADE, EventType.TOOL_APPROVAL_CANCELLED):
+            if (str(event_type), self._on_event) not in present:
+                bus.subscribe(event_type=event_type, handler=self._on_event, priority=10)
+
+    def __len__(self) -> int:
+        return sum(len(futures) for futures in self._waiting.values())
+
+    async def _on_event(self, event: BaseEvent) -> None:
+        futures = self._waiting.pop(str(event.data.get("call_id")), None)
+        if not futures:
+            return
+        if event.event_type == EventType.TOOL_APPROVAL_CANCELLED:
+            decision: Decision | None = Decision(
+                call_id=str(event.data.get("call_id")),
+                status=ApprovalStatus.CANCELLED,
+                decision=None,
+                arguments={},
+                comment="",
+                decided_by=None,
+                channel="",
+            )
+        else:
+            decision = _decision_from_event(event)
+        for future in futures:
+            if not future.done():
+                future.get_loop().call_soon_threadsafe(_resolve, future, decision)
+
+    def add(self, call_id: str) -> asyncio.Future[Decision | None]:
+        future: asyncio.Future[Decision | None] = asyncio.get_running_loop().create_future()
+        self._waiting.setdefault(call_id, set()).add(future)
+        return future
+
+    def discard(self, call_id: str, future: asyncio.Future[Decision | None]) -> None:
+        futures = self._waiting.get(call_id)
+        if futures is not None:
+            futures.discard(future)
+            if not futures:
+                self._waiting.pop(call_id, None)
+
+
+def _resolve(future: asyncio.Future[Decision | None], decision: Decision | None) -> None:
+    if not future.done():
+        future.set_result(decision)
+
+
+decision_waiters = DecisionWaiters()
+
+
+def _load(call_id: str) -> tuple[Decision | None, datetime | None, bool]:
+    request = ApprovalRequest.objects.filter(call_id=call_id).first()
+    if request is None:
+        raise ApplicationError(f"no approval request has call_id {call_id!r}", code="not_found", status=404)
+    return decision_of(request), request.expires_at, True
+
+
+async def await_decision(call_id: str, timeout: float | None = None) -> Decision | None:
+    """The decision on `call_id` as soon as it is made (None if `timeout` runs out first).
+
+    Woken by the bus when the decision is published, not by polling; a decision made before the
+    call (the agent restarted) returns at once. When the request's expiry falls within the wait, the
+    waiter expires it itself at that moment, so an overdue request never outlives its deadline.
+    """
+    from channels.db import database_sync_to_async
+
+    future = decision_waiters.add(call_id)
+    try:
+        decision, expires_at, _ = await database_sync_to_async(_load, thread_sensitive=False)(call_id)
+        if decision is not None:
+            return decision
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while True:
+            now = timezone.now()
+            until_expiry = (expires_at - now).total_seconds() if expires_at is not None else None
+            remaining = None if deadline is None else deadline - loop.time()
+            if remaining is not None and remaining <= 0:
+                return None
+            # Wake at the first of: the decision, the expiry, the caller's deadline, and a slow safety
+            # re-check for decisions made in a process this one hears nothing from.
+            candidates = [
+                x for x in (until_expiry, remaining, hitl_settings().recheck_interval_s) if x is not None
+            ]
+            wait = max(0.0, min(candidates))
+            try:
+                return await asyncio.wait_for(asyncio.shield(future), wait)
+            except TimeoutError:
+                pass
+            if until_expiry is not None and until_expiry <= wait:
+                await database_sync_to_async(approval_expire, thread_sensitive=False)(call_id=call_id)
+            decision, expires_at, _ = await database_sync_to_async(_load, thread_sensitive=False)(call_id)
+            if decision is not None:
+                return decision
+    finally:
+        decision_waiters.discard(call_id, future)
+
+
+async def sweep_expired_forever() -> None:
+    """The server's sweeper: expire overdue requests every HITL_SWEEP_INTERVAL_S seconds."""
+    from channels.db import database_sync_to_async
+
+    interval = hitl_settings().sweep_interval_s
+    expire = database_sync_to_async(approval_expire, thread_sensitive=False)
+    while True:
+        try:
+            await expire()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.exception("approval sweeper failed; trying again in %ss", interval)
+        await asyncio.sleep(interval)
