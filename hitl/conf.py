@@ -48,6 +48,11 @@ def register_tool_schema(tool_name: str, schema: dict[str, Any]) -> None:
     _registered[tool_name] = schema
 
 
+def unregister_tool_schema(tool_name: str) -> None:
+    """Forget a schema registered with register_tool_schema."""
+    _registered.pop(tool_name, None)
+
+
 def tool_schema(tool_name: str) -> dict[str, Any] | None:
     """The JSON Schema for the tool's arguments: registered in code, or in settings.HITL_TOOL_SCHEMAS."""
     if tool_name in _registered:

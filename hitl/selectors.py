@@ -51,7 +51,7 @@ def approvals_visible_to(user: User | AnonymousUser) -> QuerySet[ApprovalRequest
 
 
 def pending_first(queryset: QuerySet[ApprovalRequest]) -> QuerySet[ApprovalRequest]:
-    """Pending requests first (oldest waiting first), then the rest newest first."""
+    """Pending requests first, then the rest; newest first within each."""
     return queryset.annotate(
         pending_rank=Case(
             When(status=ApprovalStatus.PENDING, then=Value(0)), default=Value(1), output_field=IntegerField()

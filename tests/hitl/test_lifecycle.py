@@ -18,7 +18,7 @@ from events.event_bus import event_bus
 from events.event_store import event_store
 from events.models import StoredEvent
 from events.services import api_token_issue
-from hitl.conf import _registered, register_tool_schema
+from hitl.conf import register_tool_schema, unregister_tool_schema
 from hitl.models import ApprovalRequest
 from hitl.services import approval_cancel, approval_decide, approval_expire, approval_request, await_decision
 
@@ -152,7 +152,7 @@ def test_an_edit_is_checked_against_the_tools_schema(people):
         )
         assert edited.status == "edited"
     finally:
-        _registered.pop("write_file", None)
+        unregister_tool_schema("write_file")
 
 
 def test_only_operators_decide(people):
@@ -474,3 +474,39 @@ def test_api_cancel(people):
 def test_the_expire_command_is_quiet_when_nothing_is_due(capsys):
     call_command("expire_approvals")
     assert "Expired 0 approval requests." in capsys.readouterr().out
+
+
+def test_create_operator_makes_a_staff_account_that_may_decide(capsys):
+    from django.contrib.auth import authenticate
+
+    call_command("create_operator", "vera")
+    password = capsys.readouterr().out.split("password: ")[1].split()[0]
+    user = authenticate(username="vera", password=password)
+    assert user is not None and user.is_staff and user.has_perm("hitl.decide_approvalrequest")
+    call_command("create_operator", "vera", "--group", "auditors")
+    assert "password unchanged" in capsys.readouterr().out
+    assert authenticate(username="vera", password=password) is not None
+
+
+async def test_await_decision_wakes_when_the_admin_decides(people):
+    from django.urls import reverse
+
+    def operator_approves_in_the_admin() -> int:
+        operator = people["operator"].user
+        operator.is_staff = True  # the admin lets in staff only
+        operator.save(update_fields=["is_staff"])
+        client = Client()
+        client.force_login(operator)
+        request = ApprovalRequest.objects.get(call_id="call-1")
+        url = reverse("admin:hitl_approvalrequest_change", args=[request.pk])
+        return client.post(url, {"_decision": "approve", "comment": "looks fine"}).status_code
+
+    await database_sync_to_async(ask)()
+    waiter = asyncio.ensure_future(await_decision("call-1", timeout=10))
+    await asyncio.sleep(0.05)
+    started = time.monotonic()
+    status = await database_sync_to_async(operator_approves_in_the_admin)()
+    decision = await asyncio.wait_for(waiter, 5)
+    assert status in (200, 302)
+    assert time.monotonic() - started < 1.0
+    assert (decision.decision, decision.channel, decision.decided_by) == ("APPROVE", "admin", "olga")
