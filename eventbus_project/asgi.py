@@ -14,13 +14,15 @@ from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E40
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 
 from events.lifecycle import install_server_hooks  # noqa: E402
+from hitl.longpoll import long_poll_app  # noqa: E402
 
 from .routing import websocket_urlpatterns  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
         # Daphne serves no static files itself; the admin's CSS and JS come through Django's handler.
-        "http": ASGIStaticFilesHandler(django_asgi_app),
+        # Agents' Bearer long-polls are answered without Django's per-request thread (hitl.longpoll).
+        "http": long_poll_app(ASGIStaticFilesHandler(django_asgi_app)),  # type: ignore[arg-type]
         "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
     }
 )

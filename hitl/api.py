@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.core.validators import RegexValidator
 from django.urls import reverse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import serializers
+from rest_framework.parsers import JSONParser
 from rest_framework.permissions import BasePermission, IsAuthenticated
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -58,9 +60,16 @@ class ApprovalPageOut(serializers.Serializer):
 
 
 class ApprovalRequestIn(serializers.Serializer):
-    session_id = serializers.CharField(max_length=255)
-    call_id = serializers.CharField(max_length=255)
-    tool_name = serializers.CharField(max_length=255)
+    session_id = serializers.CharField(max_length=255, min_length=1)
+    call_id = serializers.CharField(
+        max_length=255,
+        min_length=1,
+        validators=[
+            RegexValidator(r"^[^/?#\s](?:[^/?#]*[^/?#\s])?$", "no /, ? or #, and no surrounding spaces")
+        ],
+        help_text="The agent's id of this tool call; part of URLs, so without /, ? or #.",
+    )
+    tool_name = serializers.CharField(max_length=255, min_length=1)
     arguments = serializers.DictField(required=False, default=dict)
     reason = serializers.CharField(required=False, allow_blank=True, default="")
     agent = serializers.CharField(max_length=150, required=False, allow_blank=True, default="")
@@ -88,12 +97,16 @@ class CanSeeApprovals(BasePermission):
     message = "You need to be an operator, or an agent asking about its own requests."
 
     def has_permission(self, request: Request, view: Any) -> bool:
-        user = request.user
-        return bool(
-            user.has_perm(VIEW_PERMISSION)
-            or user.has_perm(REQUEST_PERMISSION)
-            or user.has_perm(DECIDE_PERMISSION)
-        )
+        return may_see_approvals(request.user)
+
+
+def may_see_approvals(user: Any) -> bool:
+    """Operators, and agents (their own requests), may read approval requests."""
+    return bool(
+        user.has_perm(VIEW_PERMISSION)
+        or user.has_perm(REQUEST_PERMISSION)
+        or user.has_perm(DECIDE_PERMISSION)
+    )
 
 
 def _body(request: Request) -> Any:
@@ -114,6 +127,7 @@ class ApprovalRequestsView(AsyncAPIView):
     """List approval requests, or ask for one."""
 
     permission_classes = [IsAuthenticated, CanSeeApprovals]
+    parser_classes = [JSONParser]
 
     @extend_schema(
         operation_id="hitl_requests_list",
@@ -190,13 +204,16 @@ class ApprovalRequestDetailView(AsyncAPIView):
     """One approval request; with ?wait=N, held until it is decided (at most N seconds, N <= 60)."""
 
     permission_classes = [IsAuthenticated, CanSeeApprovals]
+    parser_classes = [JSONParser]
 
     @extend_schema(
         operation_id="hitl_requests_retrieve",
         summary="An approval request, optionally waiting for its decision",
         parameters=[
             OpenApiParameter(
-                "wait", OpenApiTypes.FLOAT, description=f"Seconds to hold, at most {MAX_WAIT_S}."
+                "wait",
+                {"type": "number", "minimum": 0, "maximum": MAX_WAIT_S},
+                description=f"Seconds to hold, at most {MAX_WAIT_S}.",
             )
         ],
         responses={200: ApprovalRequestOut, 404: OpenApiResponse(ErrorSerializer), **_ERRORS},
@@ -217,6 +234,7 @@ class ApprovalDecisionView(AsyncAPIView):
     """An operator's decision: the approver is the authenticated user, whatever the body says."""
 
     permission_classes = [IsAuthenticated, CanSeeApprovals]
+    parser_classes = [JSONParser]
 
     @extend_schema(
         operation_id="hitl_requests_decide",
@@ -250,6 +268,7 @@ class ApprovalCancelView(AsyncAPIView):
     """The agent that asked withdraws its request."""
 
     permission_classes = [IsAuthenticated, CanSeeApprovals]
+    parser_classes = [JSONParser]
 
     @extend_schema(
         operation_id="hitl_requests_cancel",

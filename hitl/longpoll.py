@@ -1,0 +1,139 @@
+"""The agents' long-poll, served beside Django's request cycle so a waiting agent costs no thread.
+
+Django gives every request its own thread-sensitive context, and its built-in middleware (sessions,
+CSRF, messages...) run their sync hooks through it, which starts one worker thread per request and
+keeps it until the response is sent. For `GET /api/hitl/requests/{call_id}/?wait=N` with a Bearer
+token (agent runtimes), that would be a thread per waiting agent. This ASGI wrapper answers those
+requests itself: the token check and the reads run on the shared pool of worker threads, and the wait
+is a future resolved by the bus (hitl.services.await_decision). Same checks, same JSON, same errors as
+the DRF view (hitl.api.ApprovalRequestDetailView), which still serves everything else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+from urllib.parse import parse_qs
+
+from channels.db import database_sync_to_async
+from rest_framework import exceptions
+
+from eventbus_project.exceptions import ApplicationError
+from events.auth import KEYWORD, authenticate_token
+
+from .api import MAX_WAIT_S, CanSeeApprovals, _float_param, _load_visible, may_see_approvals
+from .selectors import approval_as_dict
+from .services import await_decision
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+_DETAIL = re.compile(r"^/api/hitl/requests/(?P<call_id>[^/]+)/$")
+
+
+def _bearer(scope: Scope) -> str | None:
+    for name, value in scope.get("headers", ()):
+        if name == b"authorization":
+            parts = value.decode("latin-1").split()
+            if len(parts) == 2 and parts[0].lower() == KEYWORD:
+                return parts[1]
+            return None
+    return None
+
+
+def _wants_fast_path(scope: Scope) -> tuple[str, str] | None:
+    """(call_id, raw token) for a Bearer long-poll; None for anything Django should serve."""
+    if scope.get("type") != "http" or scope.get("method") != "GET":
+        return None
+    match = _DETAIL.match(scope.get("path", ""))
+    if match is None:
+        return None
+    query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+    wait = query.get("wait", [""])[-1]
+    token = _bearer(scope)
+    if not wait or wait in ("0", "0.0") or token is None:
+        return None
+    return match["call_id"], token
+
+
+def _check(raw_token: str, call_id: str) -> dict[str, Any]:
+    """Authenticate, authorise and load, in a worker thread: the request's JSON, or an error."""
+    user, _ = authenticate_token(raw_token)
+    if not may_see_approvals(user):
+        raise exceptions.PermissionDenied(CanSeeApprovals.message)
+    return approval_as_dict(_load_visible(user, call_id))
+
+
+def long_poll_app(django_app: ASGIApp) -> ASGIApp:
+    """Wrap the HTTP app: Bearer long-polls are answered here, everything else by `django_app`."""
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        target = _wants_fast_path(scope)
+        if target is None:
+            await django_app(scope, receive, send)
+            return
+        call_id, raw_token = target
+        try:
+            query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+            wait = _float_param(query.get("wait", [""])[-1], "wait", high=MAX_WAIT_S)
+            check = database_sync_to_async(_check, thread_sensitive=False)
+            body = await check(raw_token, call_id)
+            if body["status"] == "pending" and wait:
+                if not await _wait_unless_gone(await_decision(call_id, timeout=wait), receive):
+                    return  # the agent hung up: nobody to answer
+                body = await check(raw_token, call_id)
+            await _respond(send, 200, body)
+        except ApplicationError as error:
+            await _respond(send, error.status, {"detail": error.message, "code": error.code, **error.extra})
+        except exceptions.AuthenticationFailed as error:
+            await _respond(
+                send,
+                401,
+                {"detail": str(error.detail), "code": "invalid_token"},
+                [(b"www-authenticate", b'Bearer realm="api"')],
+            )
+        except exceptions.PermissionDenied as error:
+            await _respond(send, 403, {"detail": str(error.detail), "code": "permission_denied"})
+
+    return app
+
+
+async def _wait_unless_gone(waiting: Awaitable[Any], receive: Receive) -> bool:
+    """Wait for `waiting`, or stop when the client disconnects; True if it finished."""
+
+    async def until_disconnect() -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+
+    waiter = asyncio.ensure_future(waiting)
+    gone = asyncio.ensure_future(until_disconnect())
+    try:
+        await asyncio.wait({waiter, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (waiter, gone):
+            task.cancel()
+    return waiter.done() and not waiter.cancelled()
+
+
+async def _respond(
+    send: Send, status: int, body: dict[str, Any], headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    content = json.dumps(body, separators=(",", ":")).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(content)).encode()),
+                (b"x-content-type-options", b"nosniff"),
+                *(headers or []),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": content})
