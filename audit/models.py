@@ -36,6 +36,9 @@ class AuditEntry(models.Model):
             models.Index(fields=["event_type", "id"], name="audit_type_id"),
             models.Index(fields=["actor", "id"], name="audit_actor_id"),
             models.Index(fields=["timestamp"], name="audit_time"),
+            models.Index(fields=["kind", "id"], name="audit_kind_id"),
+            models.Index(fields=["correlation_id", "id"], name="audit_correlation_id"),
+            models.Index(fields=["event_id"], name="audit_event_id"),
         ]
         permissions = [
             ("export_audit", "Can export the audit trail and events"),

@@ -40,6 +40,10 @@ class StoredEvent(models.Model):
             models.Index(fields=["event_type", "timestamp"], name="event_type_time"),
             models.Index(fields=["event_category", "timestamp"], name="event_category_time"),
             models.Index(fields=["timestamp"], name="event_time"),
+            # The admin's filters, newest first (position descending reads these backwards).
+            models.Index(fields=["event_category", "position"], name="event_category_pos"),
+            models.Index(fields=["event_type", "position"], name="event_type_pos"),
+            models.Index(fields=["source", "position"], name="event_source_pos"),
         ]
         permissions = [("publish_events", "Can publish events through the API")]
 
