@@ -16,13 +16,15 @@ from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: 
 from events.lifecycle import install_server_hooks  # noqa: E402
 from hitl.longpoll import long_poll_app  # noqa: E402
 
+from .backpressure import paced  # noqa: E402
 from .routing import websocket_urlpatterns  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
         # Daphne serves no static files itself; the admin's CSS and JS come through Django's handler.
         # Agents' Bearer long-polls are answered without Django's per-request thread (hitl.longpoll).
-        "http": long_poll_app(ASGIStaticFilesHandler(django_asgi_app)),  # type: ignore[arg-type]
+        # Streamed responses wait for slow clients instead of piling up in memory (backpressure).
+        "http": paced(long_poll_app(ASGIStaticFilesHandler(django_asgi_app))),  # type: ignore[arg-type]
         "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
     }
 )

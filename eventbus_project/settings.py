@@ -5,6 +5,7 @@ REDIS_URL     unset: in-memory channel layer, local bus only; set: Redis channel
 SECRET_KEY    unset: a random key generated once and kept in var/secret_key
 DEBUG         true/false (default false)
 ALLOWED_HOSTS comma-separated (default 127.0.0.1,localhost)
+METRICS_PUBLIC true/false (default true): whether GET /metrics needs no authentication
 """
 
 import os
@@ -99,8 +100,13 @@ def _database() -> dict[str, Any]:
         # One file per test run, so runs side by side do not share it (the runner deletes it at the end).
         config["TEST"] = {"NAME": str(VAR_DIR / f"test_db_{os.getpid()}.sqlite3")}
     elif engine == "django.db.backends.postgresql":
-        config.setdefault("OPTIONS", {})
-        config["CONN_HEALTH_CHECKS"] = True
+        # A pool rather than a connection per worker-thread call: async views and the long-poll run
+        # their queries on worker threads, and a new PostgreSQL connection costs milliseconds.
+        config.setdefault("OPTIONS", {})["pool"] = {
+            "min_size": 2,
+            "max_size": int(env_number("DATABASE_POOL_SIZE", 20, minimum=1)),
+            "timeout": 10,
+        }
     else:
         raise ImproperlyConfigured(f"DATABASE_URL names {engine}; use sqlite:// or postgres://")
     return config
@@ -132,6 +138,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # First, so request latencies (GET /metrics) include every other middleware.
+    "audit.metrics.RequestLatencyMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -214,6 +222,9 @@ HITL_MAX_TIMEOUT_S = env_number("HITL_MAX_TIMEOUT_S", 7 * 24 * 3600, minimum=1)
 HITL_SWEEP_INTERVAL_S = env_number("HITL_SWEEP_INTERVAL_S", 1.0, minimum=0.05)
 # JSON Schemas of tools' arguments, checked when an operator edits them: {"tool_name": {...schema...}}.
 HITL_TOOL_SCHEMAS: dict[str, Any] = {}
+
+# GET /metrics: open to anyone (Prometheus scrapers) or, when false, to operators and auditors only.
+METRICS_PUBLIC = env_bool("METRICS_PUBLIC", True)
 
 # The in-process bus (events.conf reads these).
 EVENT_BUS = {

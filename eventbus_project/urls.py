@@ -3,16 +3,29 @@ from django.urls import path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.permissions import AllowAny
 
-from audit.api import AuditVerifyView
-from events.api import EventsView
+from audit.api import (
+    AuditExportView,
+    AuditTrailView,
+    AuditVerifyView,
+    MetricsView,
+    PrometheusView,
+    StatsView,
+)
+from events.api import EventDetailView, EventsView
 from events.health import healthz
 from hitl.api import ApprovalCancelView, ApprovalDecisionView, ApprovalRequestDetailView, ApprovalRequestsView
 
 urlpatterns = [
     path("healthz", healthz, name="healthz"),
+    path("metrics", PrometheusView.as_view(), name="prometheus-metrics"),
     path("admin/", admin.site.urls),
     path("api/events/", EventsView.as_view(), name="events"),
+    path("api/events/<str:event_id>/", EventDetailView.as_view(), name="event"),
+    path("api/audit/", AuditTrailView.as_view(), name="audit"),
+    path("api/audit/export/", AuditExportView.as_view(), name="audit-export"),
     path("api/audit/verify/", AuditVerifyView.as_view(), name="audit-verify"),
+    path("api/metrics/", MetricsView.as_view(), name="metrics"),
+    path("api/stats/", StatsView.as_view(), name="stats"),
     path("api/hitl/requests/", ApprovalRequestsView.as_view(), name="hitl-requests"),
     path("api/hitl/requests/<str:call_id>/", ApprovalRequestDetailView.as_view(), name="hitl-request"),
     path("api/hitl/requests/<str:call_id>/decision/", ApprovalDecisionView.as_view(), name="hitl-decision"),

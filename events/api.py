@@ -1,4 +1,5 @@
-"""POST /api/events/: agent runtimes publish events (one, or a list of up to 1,000) onto the bus.
+"""/api/events/: agent runtimes publish events (POST: one, or a list of up to 1,000) onto the bus;
+auditors and operators read them (GET: filtered, cursor-paginated; GET /api/events/{event_id}/: one).
 
 Every event of a request is validated before any is published; the response (201) comes only once
 the store has committed them all, with their positions in list order. Idempotent on `event_id`: a
@@ -14,7 +15,13 @@ from typing import Any
 
 from django.db import DatabaseError
 from django.http import HttpRequest
-from drf_spectacular.utils import OpenApiExample, OpenApiResponse, PolymorphicProxySerializer, extend_schema
+from drf_spectacular.utils import (
+    OpenApiExample,
+    OpenApiParameter,
+    OpenApiResponse,
+    PolymorphicProxySerializer,
+    extend_schema,
+)
 from rest_framework import exceptions, status
 from rest_framework.parsers import JSONParser
 from rest_framework.permissions import IsAuthenticated
@@ -29,13 +36,28 @@ from .conf import max_body_bytes
 from .event_bus import event_bus
 from .event_store import EventStoreError
 from .event_types import EventType
+from .filters import (
+    PositionCursorPagination,
+    StoredEventFilter,
+    filter_parameters,
+    filtered,
+    validated_filters,
+)
+from .models import row_to_contract_dict
 from .permissions import HasMethodPermission
 from .roles import PUBLISH_EVENTS
-from .selectors import stored_positions
-from .serializers import ErrorSerializer, EventInSerializer, IngestResultSerializer
+from .selectors import stored_event_get, stored_event_rows, stored_positions
+from .serializers import (
+    ErrorSerializer,
+    EventInSerializer,
+    IngestResultSerializer,
+    StoredEventOutSerializer,
+    StoredEventPageSerializer,
+)
 
 logger = logging.getLogger("events")
 
+VIEW_EVENTS = "events.view_storedevent"  # auditors and operators (events.roles)
 MAX_EVENTS_PER_REQUEST = 1_000
 # Events only the server itself makes: an agent publishing one would forge a human decision or a
 # sign-in in the audit trail.
@@ -65,11 +87,17 @@ _ERROR_RESPONSES = {
 }
 
 
+_READ_ERRORS = {
+    401: OpenApiResponse(ErrorSerializer, description="Not signed in, no token, or an unknown one."),
+    403: OpenApiResponse(ErrorSerializer, description="Without the events.view_storedevent permission."),
+}
+
+
 class EventsView(AsyncAPIView):
-    """Publish events; an async view, since it waits for the store's commit."""
+    """Publish events (an async view, since it waits for the store's commit), and list them."""
 
     permission_classes = [IsAuthenticated, HasMethodPermission]
-    required_permissions = {"POST": PUBLISH_EVENTS}
+    required_permissions = {"POST": PUBLISH_EVENTS, "GET": VIEW_EVENTS}
     parser_classes = [JSONParser]  # for the schema and OPTIONS; the body is read by `post` itself
 
     def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
@@ -121,6 +149,66 @@ class EventsView(AsyncAPIView):
         if single:
             body["position"] = positions[0]
         return Response(body, status=status.HTTP_201_CREATED)
+
+    @extend_schema(
+        operation_id="events_list",
+        summary="List stored events",
+        description=(
+            "Stored events matching every filter given, in position order (oldest first), "
+            "`limit` per page. Follow `next` to the end to read them all, without a gap or a duplicate; "
+            "an invalid filter value is a 400 naming the parameter."
+        ),
+        parameters=[*filter_parameters(StoredEventFilter), *PositionCursorPagination.query_parameters()],
+        responses={
+            200: StoredEventPageSerializer,
+            400: OpenApiResponse(ErrorSerializer, description="A filter, `limit` or `cursor` is invalid."),
+            **_READ_ERRORS,
+        },
+        tags=["events"],
+    )
+    async def get(self, request: Request) -> Response:
+        """A page of the stored events matching the filters."""
+        return Response(await off_shared_thread(self.events_page)(request))
+
+    def events_page(self, request: Request) -> dict[str, Any]:
+        """The page as JSON: one query whatever its size (filters and cursor in the WHERE, no COUNT)."""
+        filterset = validated_filters(StoredEventFilter, request.query_params)
+        paginator = PositionCursorPagination()
+        rows = paginator.paginate_queryset(filtered(filterset, stored_event_rows()), request, view=self) or []
+        return {
+            "next": paginator.get_next_link(),
+            "previous": paginator.get_previous_link(),
+            "results": [row_to_contract_dict(row) for row in rows],
+        }
+
+
+class EventDetailView(AsyncAPIView):
+    """One stored event, by its event_id."""
+
+    permission_classes = [IsAuthenticated, HasMethodPermission]
+    required_permissions = {"GET": VIEW_EVENTS}
+
+    @extend_schema(
+        operation_id="events_retrieve",
+        summary="A stored event",
+        parameters=[
+            OpenApiParameter("event_id", {"type": "string", "format": "uuid"}, OpenApiParameter.PATH)
+        ],
+        responses={
+            200: StoredEventOutSerializer,
+            404: OpenApiResponse(ErrorSerializer, description="No stored event has this event_id."),
+            **_READ_ERRORS,
+        },
+        tags=["events"],
+    )
+    async def get(self, request: Request, event_id: str) -> Response:
+        """The event as the contract's JSON, with its position; 404 when it is unknown or no UUID."""
+        event = await off_shared_thread(stored_event_get)(event_id=event_id)
+        if event is None:
+            raise ApplicationError(
+                f"No stored event has the event_id {event_id[:64]!r}.", code="not_found", status=404
+            )
+        return Response(event)
 
 
 def declared_length(request: HttpRequest, limit: int) -> int | None:

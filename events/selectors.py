@@ -1,8 +1,11 @@
 """Reads of the event store (synchronous; async code calls them through a worker thread)."""
 
+import uuid
 from typing import Any
 
-from .models import ApiToken, StoredEvent, hash_token
+from django.db.models import QuerySet
+
+from .models import ApiToken, StoredEvent, hash_token, row_to_contract_dict
 
 # Longer than any token ApiToken.generate() makes; hashing megabytes of header is pointless.
 MAX_RAW_TOKEN_LENGTH = 256
@@ -20,6 +23,20 @@ STORED_EVENT_FIELDS = (
     "source",
     "version",
     "actor",
+)
+# The columns of the contract's JSON of a stored event (events.models.row_to_contract_dict), in its order.
+CONTRACT_FIELDS = (
+    "event_id",
+    "event_type",
+    "event_category",
+    "timestamp",
+    "session_id",
+    "correlation_id",
+    "causation_id",
+    "data",
+    "source",
+    "version",
+    "position",
 )
 
 
@@ -42,3 +59,18 @@ def stored_positions(*, event_ids: list[str]) -> dict[str, int]:
     """The positions of those of `event_ids` that are stored, by event id."""
     rows = StoredEvent.objects.filter(event_id__in=event_ids).values_list("event_id", "position")
     return {str(event_id): position for event_id, position in rows}
+
+
+def stored_event_rows() -> QuerySet[StoredEvent, dict[str, Any]]:
+    """Every stored event as `.values()` rows of the contract's columns (filter and order it further)."""
+    return StoredEvent.objects.values(*CONTRACT_FIELDS)
+
+
+def stored_event_get(*, event_id: str) -> dict[str, Any] | None:
+    """The contract's JSON of the stored event `event_id`; None when there is none (or it is no UUID)."""
+    try:
+        key = uuid.UUID(event_id)
+    except (ValueError, TypeError, AttributeError):
+        return None
+    row = stored_event_rows().filter(event_id=key).first()
+    return None if row is None else row_to_contract_dict(row)

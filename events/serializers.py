@@ -54,3 +54,27 @@ class ErrorSerializer(serializers.Serializer):
     detail = serializers.CharField()
     code = serializers.CharField()
     errors = ErrorItemSerializer(many=True, required=False)  # type: ignore[assignment]
+
+
+class StoredEventOutSerializer(serializers.Serializer):
+    """A stored event as the contract's JSON: the event and its `position` (the views return dicts)."""
+
+    event_id = serializers.UUIDField()
+    event_type = serializers.CharField()
+    event_category = serializers.ChoiceField(choices=[c.value for c in EventCategory])
+    timestamp = serializers.DateTimeField(help_text="ISO 8601 in UTC, ending in `Z`.")
+    session_id = serializers.CharField(allow_null=True)
+    correlation_id = serializers.CharField(allow_null=True)
+    causation_id = serializers.CharField(allow_null=True)
+    data = serializers.DictField()  # type: ignore[assignment]  # the contract's name shadows Serializer.data
+    source = serializers.CharField()  # type: ignore[assignment]
+    version = serializers.CharField()
+    position = serializers.IntegerField(help_text="Strictly increasing in commit order across the store.")
+
+
+class StoredEventPageSerializer(serializers.Serializer):
+    """A page of stored events in position order, with the links to the pages beside it."""
+
+    next = serializers.URLField(allow_null=True, help_text="The next page; null on the last one.")
+    previous = serializers.URLField(allow_null=True, help_text="The previous page; null on the first one.")
+    results = StoredEventOutSerializer(many=True)

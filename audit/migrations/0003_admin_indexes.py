@@ -4,22 +4,21 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('audit', '0002_append_only'),
+        ("audit", "0002_append_only"),
     ]
 
     operations = [
         migrations.AddIndex(
-            model_name='auditentry',
-            index=models.Index(fields=['kind', 'id'], name='audit_kind_id'),
+            model_name="auditentry",
+            index=models.Index(fields=["kind", "id"], name="audit_kind_id"),
         ),
         migrations.AddIndex(
-            model_name='auditentry',
-            index=models.Index(fields=['correlation_id', 'id'], name='audit_correlation_id'),
+            model_name="auditentry",
+            index=models.Index(fields=["correlation_id", "id"], name="audit_correlation_id"),
         ),
         migrations.AddIndex(
-            model_name='auditentry',
-            index=models.Index(fields=['event_id'], name='audit_event_id'),
+            model_name="auditentry",
+            index=models.Index(fields=["event_id"], name="audit_event_id"),
         ),
     ]

@@ -4,22 +4,21 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('events', '0002_append_only'),
+        ("events", "0002_append_only"),
     ]
 
     operations = [
         migrations.AddIndex(
-            model_name='storedevent',
-            index=models.Index(fields=['event_category', 'position'], name='event_category_pos'),
+            model_name="storedevent",
+            index=models.Index(fields=["event_category", "position"], name="event_category_pos"),
         ),
         migrations.AddIndex(
-            model_name='storedevent',
-            index=models.Index(fields=['event_type', 'position'], name='event_type_pos'),
+            model_name="storedevent",
+            index=models.Index(fields=["event_type", "position"], name="event_type_pos"),
         ),
         migrations.AddIndex(
-            model_name='storedevent',
-            index=models.Index(fields=['source', 'position'], name='event_source_pos'),
+            model_name="storedevent",
+            index=models.Index(fields=["source", "position"], name="event_source_pos"),
         ),
     ]
