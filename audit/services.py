@@ -25,6 +25,7 @@ from events.event_types import EventType
 from events.models import PurgePermit, StoredEvent
 
 from .models import GENESIS_HASH, AuditEntry, MetricCounter
+from .selectors import AUDIT_ENTRY_FIELDS
 
 logger = logging.getLogger("audit")
 
@@ -242,22 +243,8 @@ class VerifyResult:
         return result
 
 
-_ENTRY_FIELDS = (
-    "id",
-    "kind",
-    "position",
-    "event_id",
-    "event_type",
-    "event_category",
-    "timestamp",
-    "session_id",
-    "correlation_id",
-    "actor",
-    "data",
-    "source",
-    "prev_hash",
-    "hash",
-)
+# What verification reads: what the trail shows, and the link to the previous entry.
+_ENTRY_FIELDS = (*AUDIT_ENTRY_FIELDS, "prev_hash")
 
 
 def _entries_in_order(chunk: int = 2_000) -> Iterator[dict[str, Any]]:

@@ -5,25 +5,14 @@ from typing import Any
 
 from django.db.models import QuerySet
 
+from .event_store import _EVENT_COLUMNS
 from .models import ApiToken, StoredEvent, hash_token, row_to_contract_dict
 
 # Longer than any token ApiToken.generate() makes; hashing megabytes of header is pointless.
 MAX_RAW_TOKEN_LENGTH = 256
 
-STORED_EVENT_FIELDS = (
-    "position",
-    "event_id",
-    "event_type",
-    "event_category",
-    "timestamp",
-    "session_id",
-    "correlation_id",
-    "causation_id",
-    "data",
-    "source",
-    "version",
-    "actor",
-)
+# The stored columns an event is read back from: every column the store writes but its own timestamp.
+STORED_EVENT_FIELDS = tuple(column for column in _EVENT_COLUMNS if column != "stored_at")
 # The columns of the contract's JSON of a stored event (events.models.row_to_contract_dict), in its order.
 CONTRACT_FIELDS = (
     "event_id",
