@@ -2,6 +2,9 @@
 
 DATABASE_URL  default sqlite:///var/db.sqlite3 (WAL mode); e.g. postgres://user@host:5432/db
 REDIS_URL     unset: in-memory channel layer, local bus only; set: Redis channel layer and distributed bus
+REDIS_CHANNEL_LAYER core (default) or pubsub: which channels_redis layer, with REDIS_URL
+EVENT_BUS_REDIS_CHANNEL the Pub/Sub channel of the distributed bus (default eventbus:events)
+LIVE_FEED_QUEUE_SIZE events queued per WebSocket before it gets a "gap" (default 1000)
 SECRET_KEY    unset: a random key generated once and kept in var/secret_key
 DEBUG         true/false (default false)
 ALLOWED_HOSTS comma-separated (default 127.0.0.1,localhost)
@@ -170,7 +173,18 @@ TEMPLATES = [
 DATABASES = {"default": _database()}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
-if REDIS_URL:
+# Which channels_redis layer (benchmarks/live_fanout.py measures both; the README says why core).
+REDIS_CHANNEL_LAYER = os.environ.get("REDIS_CHANNEL_LAYER", "core").strip() or "core"
+if REDIS_CHANNEL_LAYER not in ("core", "pubsub"):
+    raise ImproperlyConfigured(f"REDIS_CHANNEL_LAYER={REDIS_CHANNEL_LAYER!r} must be core or pubsub")
+if REDIS_URL and REDIS_CHANNEL_LAYER == "pubsub":
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+            "CONFIG": {"hosts": [REDIS_URL]},
+        }
+    }
+elif REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
@@ -232,6 +246,15 @@ EVENT_BUS = {
     "OVERFLOW": os.environ.get("EVENT_BUS_OVERFLOW", "wait"),
     "HANDLER_TIMEOUT": env_number("EVENT_BUS_HANDLER_TIMEOUT", 30.0, minimum=0) or None,
     "SHUTDOWN_TIMEOUT": env_number("EVENT_BUS_SHUTDOWN_TIMEOUT", 30.0, minimum=0),
+    # The Redis Pub/Sub channel the processes of one deployment share (with REDIS_URL).
+    "REDIS_CHANNEL": os.environ.get("EVENT_BUS_REDIS_CHANNEL", "").strip() or "eventbus:events",
+}
+
+# Live feeds (/ws/events/, /ws/hitl/): events queued per connection before it gets a "gap", and how often
+# a process looks for events other processes stored when nothing (Redis) told it.
+LIVE_FEED = {
+    "QUEUE_SIZE": int(env_number("LIVE_FEED_QUEUE_SIZE", 1000, minimum=1)),
+    "POLL_INTERVAL": env_number("LIVE_FEED_POLL_INTERVAL", 0.5, minimum=0.01),
 }
 
 LOGGING = {

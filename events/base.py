@@ -191,10 +191,12 @@ class BaseEvent:
     registry: ClassVar[dict[str, type[BaseEvent]]] = {}
 
     # Not part of the event itself: set by the store (position), by the server for who acted (actor),
-    # and by replay (replayed), so handlers can tell a replay from the original.
+    # by replay (replayed), so handlers can tell a replay from the original, and by the distributed bus
+    # (remote) for an event another process published: that process stores it, this one only hears it.
     position: int | None = None
     actor: str | None = None
     replayed: bool = False
+    remote: bool = False
 
     event_id: str
     event_type: str
@@ -348,6 +350,34 @@ class BaseEvent:
                 raise ValueError(f"position must be a positive integer, not {position!r}")
             event.position = position
         return event
+
+    @classmethod
+    def from_dict_lenient(cls, payload: Mapping[str, Any]) -> BaseEvent:
+        """`from_dict`, or a plain BaseEvent when the data does not fit its type's class.
+
+        An event published as a plain BaseEvent under a known type (as the design document allows) may
+        lack fields its typed class requires; once stored or sent it must still be readable as it was.
+        """
+        try:
+            return BaseEvent.from_dict(payload)
+        except (TypeError, ValueError):
+            if not isinstance(payload, Mapping) or not isinstance(payload.get("event_type"), str):
+                raise
+            data = payload.get("data")
+            if data is not None and not isinstance(data, dict):
+                raise
+            kwargs: dict[str, Any] = {
+                key: payload[key]
+                for key in ("session_id", "correlation_id", "causation_id", "source", "event_id", "timestamp")
+                if payload.get(key) is not None
+            }
+            if "version" in payload:
+                kwargs["version"] = payload["version"]
+            event = BaseEvent(payload["event_type"], payload.get("event_category"), data=data or {}, **kwargs)
+            position = payload.get("position")
+            if isinstance(position, int) and not isinstance(position, bool) and position >= 1:
+                event.position = position
+            return event
 
     @classmethod
     def from_json(cls, text: str | bytes) -> BaseEvent:

@@ -90,6 +90,7 @@ class EventStore:
         self._writer_thread: int | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._listeners: set[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = set()
+        self._commit_listeners: list[Callable[[int], Any]] = []
         self._reset_writer()
         self.reset_stats()
 
@@ -103,6 +104,26 @@ class EventStore:
         # Never timed out: its wait for room in a full buffer is what holds publishers back while the
         # database is slow, and abandoning it would lose the event.
         bus.subscribe(handler=self._on_event, priority=STORE_PRIORITY, timeout=math.inf)
+
+    def add_commit_listener(self, listener: Callable[[int], Any]) -> None:
+        """Call `listener(last_position)` on the writer's loop after each batch this process commits.
+
+        The distributed bus uses it to tell other processes' readers that there is something to read.
+        """
+        if listener not in self._commit_listeners:
+            self._commit_listeners.append(listener)
+
+    def remove_commit_listener(self, listener: Callable[[int], Any]) -> None:
+        """Stop calling `listener` after commits."""
+        if listener in self._commit_listeners:
+            self._commit_listeners.remove(listener)
+
+    def wake_readers(self) -> None:
+        """Make every live `read()` in this process look for new events now (thread-safe).
+
+        Called when another process says it committed events, so readers need not wait for their poll.
+        """
+        self._notify_listeners()
 
     def add_batch_hook(self, hook: BatchHook) -> None:
         """Call `hook(cursor, events)` inside each batch's transaction with the events it newly stored."""
@@ -169,8 +190,8 @@ class EventStore:
             self._flusher = loop.create_task(self._run_flusher(), name="event-store-writer")
 
     async def _on_event(self, event: BaseEvent) -> None:
-        if event.replayed:
-            return  # stored already; a replay must not count twice
+        if event.replayed or event.remote:
+            return  # stored already (a replay), or by the process that published it (a remote event)
         self._ensure_writer()
         assert self._room is not None and self._wake is not None and self._kick is not None
         while len(self._buffer) >= self.max_buffer:
@@ -260,6 +281,13 @@ class EventStore:
                 if done is not None and not done.done():
                     done.set_result(position)
             self._notify_listeners()
+            if self._commit_listeners and positions:
+                last = max(positions)
+                for listener in list(self._commit_listeners):
+                    try:
+                        listener(last)
+                    except Exception:
+                        logger.exception("event store: commit listener %r failed", listener)
             return
 
     def _get_executor(self) -> ThreadPoolExecutor:
@@ -563,7 +591,7 @@ def _clean_position(position: int | None) -> int | None:
 def _row_to_event(row: dict[str, Any]) -> BaseEvent:
     from .models import row_to_contract_dict
 
-    event = BaseEvent.from_dict(row_to_contract_dict(row))
+    event = BaseEvent.from_dict_lenient(row_to_contract_dict(row))
     event.actor = row.get("actor")
     return event
 

@@ -29,12 +29,23 @@ CONTRACT_FIELDS = (
 )
 
 
-def stored_events_after(*, after: int | None, limit: int, **filters: str) -> list[dict[str, Any]]:
-    """Up to `limit` stored events with a position above `after`, matching `filters`, in position order."""
+def stored_events_after(
+    *, after: int | None, limit: int, up_to: int | None = None, **filters: str
+) -> list[dict[str, Any]]:
+    """Up to `limit` stored events with a position above `after` (and at most `up_to`), matching
+    `filters`, in position order."""
     queryset = StoredEvent.objects.filter(**filters)
     if after is not None:
         queryset = queryset.filter(position__gt=after)
+    if up_to is not None:
+        queryset = queryset.filter(position__lte=up_to)
     return list(queryset.order_by("position").values(*STORED_EVENT_FIELDS)[:limit])
+
+
+def last_stored_position() -> int:
+    """The highest position stored (0 when the store is empty)."""
+    last = StoredEvent.objects.order_by("-position").values_list("position", flat=True).first()
+    return last or 0
 
 
 def api_token_get_active(*, raw_token: str) -> ApiToken | None:

@@ -78,3 +78,9 @@ def pending_approvals() -> list[dict[str, Any]]:
         approval_as_dict(r)
         for r in ApprovalRequest.objects.filter(status=ApprovalStatus.PENDING).order_by("created_at")[:1000]
     ]
+
+
+def approvals_by_call_id(*, call_ids: list[str]) -> dict[str, dict[str, Any]]:
+    """The requests with these call_ids as the contract's JSON, by call_id (missing ones left out)."""
+    wanted = sorted({call_id for call_id in call_ids if call_id})
+    return {r.call_id: approval_as_dict(r) for r in ApprovalRequest.objects.filter(call_id__in=wanted)}
