@@ -1,5 +1,5 @@
 from django.contrib import admin
-from django.urls import path
+from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.permissions import AllowAny
 
@@ -19,6 +19,9 @@ urlpatterns = [
     path("healthz", healthz, name="healthz"),
     path("metrics", PrometheusView.as_view(), name="prometheus-metrics"),
     path("admin/", admin.site.urls),
+    # The pages for people: the approval queue and the live event feed (server-rendered, live over /ws/).
+    path("hitl/", include("hitl.urls")),
+    path("events/", include("events.urls_pages")),
     path("api/events/", EventsView.as_view(), name="events"),
     path("api/events/<str:event_id>/", EventDetailView.as_view(), name="event"),
     path("api/audit/", AuditTrailView.as_view(), name="audit"),

@@ -1,0 +1,714 @@
+/*
+ * The approval page: keeps the queue of pending requests current and sends decisions.
+ *
+ * The cards of the first paint come from the server; /ws/hitl/ then sends a snapshot (reconciled with
+ * the cards, keyed by call_id), new requests, and decisions and expiries, after which a card leaves.
+ * While the socket is down the page polls the REST API instead, so it never silently goes stale.
+ * Decisions are POSTed as JSON to /hitl/requests/<call_id>/decide/ with the CSRF token; the answer
+ * (or the error: someone else decided first, invalid arguments, expired) is shown in the card.
+ */
+(function () {
+  "use strict";
+
+  const config = JSON.parse(document.getElementById("hitl-config").textContent);
+  const queue = document.getElementById("queue");
+  const template = document.getElementById("card-template");
+  const countElement = document.querySelector("[data-testid=pending-count]");
+  const emptyElement = document.querySelector("[data-testid=empty]");
+  const notices = document.querySelector("[data-testid=notices]");
+  const csrfToken = document.querySelector("meta[name=csrf-token]").content;
+  const parseTime = window.LivePage.parseTime;
+  const notify = (text, kind) => window.LivePage.notify(notices, text, kind);
+
+  // The server's clock minus this device's: deadlines are the server's, whatever the phone's clock says.
+  const clockOffset = parseTime(config.server_now) - Date.now();
+  const serverNow = () => Date.now() + clockOffset;
+
+  const POLL_AFTER_MS = 5000; // socket down this long: poll the REST API
+  const POLL_EVERY_MS = 10000;
+  const CLOSED_CARD_MS = 30000; // a card we could not decide stays this long to show why
+  const PAGE_TITLE = document.title;
+
+  // call_id -> {data, card, state: "open" | "busy" | "closed", closeTimer, laterDecision}
+  const entries = new Map();
+
+  // Formatting
+
+  function shortDuration(seconds) {
+    seconds = Math.max(0, Math.floor(seconds));
+    if (seconds < 60) return seconds + "s";
+    let minutes = Math.floor(seconds / 60);
+    seconds %= 60;
+    if (minutes < 60) return minutes + "m " + String(seconds).padStart(2, "0") + "s";
+    let hours = Math.floor(minutes / 60);
+    minutes %= 60;
+    if (hours < 48) return hours + "h " + String(minutes).padStart(2, "0") + "m";
+    const days = Math.floor(hours / 24);
+    hours %= 24;
+    return days + "d " + hours + "h";
+  }
+
+  function pretty(value) {
+    return JSON.stringify(value, null, 2);
+  }
+
+  function find(card, testid) {
+    return card.querySelector("[data-testid=" + testid + "]");
+  }
+
+  function field(card, name) {
+    return card.querySelector("[data-field=" + name + "]");
+  }
+
+  function panel(card, name) {
+    return card.querySelector("[data-panel=" + name + "]");
+  }
+
+  function describe(approval) {
+    const name = approval.tool_name + " (" + approval.call_id + ")";
+    const by = approval.decided_by ? " by " + approval.decided_by : "";
+    switch (approval.status) {
+      case "approved":
+        return name + " was approved" + by + ".";
+      case "edited":
+        return name + " was approved with edited arguments" + by + ".";
+      case "rejected":
+        return name + " was rejected" + by + ".";
+      case "expired":
+        return name + " expired: " + (approval.on_expire === "approve" ? "approved" : "rejected") + " on timeout.";
+      case "cancelled":
+        return name + " was withdrawn by the agent.";
+      default:
+        return name + " is no longer pending.";
+    }
+  }
+
+  // Cards
+
+  function fill(card, approval) {
+    card.dataset.callId = approval.call_id;
+    card.dataset.createdAt = approval.created_at;
+    card.dataset.expiresAt = approval.expires_at;
+    find(card, "tool").textContent = approval.tool_name;
+    find(card, "agent").textContent = approval.agent || "";
+    find(card, "reason").textContent = approval.reason || "";
+    find(card, "arguments").textContent = pretty(approval.arguments);
+    field(card, "on_expire").textContent = approval.on_expire;
+    const session = field(card, "session");
+    session.textContent = approval.session_id;
+    session.href = config.links.timeline + encodeURIComponent(approval.session_id);
+    const call = field(card, "call");
+    call.textContent = approval.call_id;
+    call.href = config.links.admin_search + encodeURIComponent(approval.call_id);
+    const trace = field(card, "trace");
+    field(card, "correlation-row").hidden = !approval.correlation_id;
+    if (approval.correlation_id) {
+      trace.textContent = approval.correlation_id;
+      trace.href = config.links.trace + encodeURIComponent(approval.correlation_id);
+    }
+    card.querySelector("form.actions").action = config.links.decide.replace(
+      "__call_id__",
+      encodeURIComponent(approval.call_id)
+    );
+    for (const button of card.querySelectorAll("form.actions button")) button.disabled = !config.may_decide;
+  }
+
+  function newCard(approval) {
+    const card = template.content.firstElementChild.cloneNode(true);
+    fill(card, approval);
+    return card;
+  }
+
+  function sortKey(approval) {
+    return [parseTime(approval.expires_at), parseTime(approval.created_at), approval.call_id];
+  }
+
+  function before(a, b) {
+    const x = sortKey(a);
+    const y = sortKey(b);
+    for (let i = 0; i < x.length; i += 1) {
+      if (x[i] < y[i]) return true;
+      if (x[i] > y[i]) return false;
+    }
+    return false;
+  }
+
+  function add(approval) {
+    if (!approval || !approval.call_id || (approval.status && approval.status !== "pending")) return;
+    const known = entries.get(approval.call_id);
+    if (known) {
+      known.data = Object.assign({}, known.data, approval);
+      return;
+    }
+    const card = newCard(approval);
+    const entry = { data: approval, card: card, state: "open" };
+    // Soonest deadline first: the new card goes before the first card due later.
+    let next = null;
+    for (const other of entries.values()) {
+      if (other.card.isConnected && before(approval, other.data)) {
+        if (next === null || before(other.data, next.data)) next = other;
+      }
+    }
+    queue.insertBefore(card, next ? next.card : null);
+    entries.set(approval.call_id, entry);
+    tickEntry(entry, serverNow());
+    update();
+  }
+
+  function remove(callId) {
+    const entry = entries.get(callId);
+    if (!entry) return;
+    clearTimeout(entry.closeTimer);
+    entry.card.remove();
+    entries.delete(callId);
+    update();
+  }
+
+  function panelOpen(entry) {
+    return !panel(entry.card, "edit").hidden || !panel(entry.card, "reject").hidden;
+  }
+
+  // A decision or expiry from anyone: the card leaves (unless our own decision is in flight: its
+  // answer says what happened, and a conflict stays visible in the card).
+  function decided(approval) {
+    const entry = entries.get(approval.call_id);
+    if (!entry) return;
+    if (entry.state === "busy") {
+      entry.laterDecision = approval;
+      return;
+    }
+    if (entry.state === "closed") return;
+    if (panelOpen(entry)) notify(describe(approval) + " Your unsent decision was discarded.", "warning");
+    remove(approval.call_id);
+  }
+
+  // The server's full list of pending requests: add what is missing, drop what is no longer pending.
+  function reconcile(pending) {
+    const present = new Set();
+    for (const approval of pending) {
+      present.add(approval.call_id);
+      add(approval);
+    }
+    for (const [callId, entry] of Array.from(entries)) {
+      if (!present.has(callId) && entry.state === "open") {
+        if (panelOpen(entry)) {
+          notify(entry.data.tool_name + " (" + callId + ") is no longer pending.", "warning");
+        }
+        remove(callId);
+      }
+    }
+  }
+
+  function update() {
+    let open = 0;
+    for (const entry of entries.values()) if (entry.state !== "closed") open += 1;
+    countElement.textContent = String(open);
+    emptyElement.hidden = open > 0;
+    document.title = open ? "(" + open + ") " + PAGE_TITLE : PAGE_TITLE;
+  }
+
+  // Age and countdown, every second, from the server's clock.
+
+  function tickEntry(entry, now) {
+    const card = entry.card;
+    const data = entry.data;
+    find(card, "age").textContent = shortDuration((now - parseTime(data.created_at)) / 1000);
+    const left = (parseTime(data.expires_at) - now) / 1000;
+    find(card, "time-left").textContent = left > 0 ? shortDuration(left) : "expiring…";
+    if (entry.state === "closed") return;
+    card.classList.toggle("urgent", left <= config.urgent_s);
+    card.classList.toggle("soon", left > config.urgent_s && left <= config.soon_s);
+  }
+
+  function tick() {
+    const now = serverNow();
+    for (const entry of entries.values()) tickEntry(entry, now);
+  }
+
+  // The editor: JSON validated as it is typed, and the difference from the proposed arguments.
+
+  function kindOf(value) {
+    if (value === null) return "null";
+    if (Array.isArray(value)) return "an array";
+    return "a " + typeof value;
+  }
+
+  function jsonErrorText(error, text) {
+    let message = String(error.message || error);
+    const at = /position (\d+)/.exec(message);
+    if (at && !/line \d+/.test(message)) {
+      const upTo = text.slice(0, Number(at[1]));
+      const line = upTo.split("\n").length;
+      const column = upTo.length - upTo.lastIndexOf("\n");
+      message += " (line " + line + ", column " + column + ")";
+    }
+    return message;
+  }
+
+  // What JSON.parse lets through silently: a key given twice (the last one wins), and integers too
+  // large for JavaScript's numbers (rounded). The text is valid JSON when this runs.
+  function scanJson(text) {
+    const stack = [];
+    let i = 0;
+    while (i < text.length) {
+      const c = text[i];
+      if (c === '"') {
+        let j = i + 1;
+        while (j < text.length && text[j] !== '"') j += text[j] === "\\" ? 2 : 1;
+        const top = stack[stack.length - 1];
+        if (top && top.object && top.expectKey) {
+          const key = JSON.parse(text.slice(i, j + 1));
+          if (top.keys.has(key)) return 'The key "' + key + '" appears twice in one object; only one would be kept.';
+          top.keys.add(key);
+          top.expectKey = false;
+        }
+        i = j + 1;
+        continue;
+      }
+      if (c === "-" || (c >= "0" && c <= "9")) {
+        let j = i + 1;
+        while (j < text.length && /[0-9eE.+-]/.test(text[j])) j += 1;
+        const token = text.slice(i, j);
+        if (/^-?\d+$/.test(token) && !Number.isSafeInteger(Number(token))) {
+          return "The number " + token + " is too large to edit here without rounding it; edit it in the admin instead.";
+        }
+        i = j;
+        continue;
+      }
+      if (c === "{") stack.push({ object: true, keys: new Set(), expectKey: true });
+      else if (c === "[") stack.push({ object: false });
+      else if (c === "}" || c === "]") stack.pop();
+      else if (c === "," && stack.length && stack[stack.length - 1].object) stack[stack.length - 1].expectKey = true;
+      i += 1;
+    }
+    return null;
+  }
+
+  function parseArguments(text) {
+    if (!text.trim()) return { error: "Enter the arguments as a JSON object, e.g. {}." };
+    let value;
+    try {
+      value = JSON.parse(text);
+    } catch (error) {
+      return { error: "This is not valid JSON: " + jsonErrorText(error, text) };
+    }
+    if (value === null || typeof value !== "object" || Array.isArray(value)) {
+      return { error: "The arguments must be a JSON object ({…}), not " + kindOf(value) + "." };
+    }
+    const problem = scanJson(text);
+    if (problem) return { error: problem };
+    return { value: value };
+  }
+
+  function isObject(value) {
+    return value !== null && typeof value === "object" && !Array.isArray(value);
+  }
+
+  function canonical(value) {
+    if (Array.isArray(value)) return value.map(canonical);
+    if (isObject(value)) {
+      const sorted = {};
+      for (const key of Object.keys(value).sort()) sorted[key] = canonical(value[key]);
+      return sorted;
+    }
+    return value;
+  }
+
+  function sameJson(a, b) {
+    return JSON.stringify(canonical(a)) === JSON.stringify(canonical(b));
+  }
+
+  // Which keys (dotted paths) an edit added, removed and changed.
+  function keyChanges(before, after, path, out) {
+    if (isObject(before) && isObject(after)) {
+      const keys = Array.from(new Set(Object.keys(before).concat(Object.keys(after)))).sort();
+      for (const key of keys) {
+        const where = path ? path + "." + key : key;
+        const had = Object.prototype.hasOwnProperty.call(before, key);
+        const has = Object.prototype.hasOwnProperty.call(after, key);
+        if (!has) out.removed.push(where);
+        else if (!had) out.added.push(where);
+        else keyChanges(before[key], after[key], where, out);
+      }
+    } else if (!sameJson(before, after)) {
+      out.changed.push(path || "(all)");
+    }
+    return out;
+  }
+
+  // A line diff (longest common subsequence) of the two documents, keys sorted so only content differs.
+  function lineDiff(a, b) {
+    const n = a.length;
+    const m = b.length;
+    if (n * m > 4000000) {
+      return a.map((t) => ["-", t]).concat(b.map((t) => ["+", t]));
+    }
+    const common = [];
+    for (let i = 0; i <= n; i += 1) common.push(new Uint32Array(m + 1));
+    for (let i = n - 1; i >= 0; i -= 1) {
+      for (let j = m - 1; j >= 0; j -= 1) {
+        common[i][j] = a[i] === b[j] ? common[i + 1][j + 1] + 1 : Math.max(common[i + 1][j], common[i][j + 1]);
+      }
+    }
+    const out = [];
+    let i = 0;
+    let j = 0;
+    while (i < n && j < m) {
+      if (a[i] === b[j]) {
+        out.push([" ", a[i]]);
+        i += 1;
+        j += 1;
+      } else if (common[i + 1][j] >= common[i][j + 1]) {
+        out.push(["-", a[i]]);
+        i += 1;
+      } else {
+        out.push(["+", b[j]]);
+        j += 1;
+      }
+    }
+    while (i < n) out.push(["-", a[i++]]);
+    while (j < m) out.push(["+", b[j++]]);
+    return out;
+  }
+
+  function renderDiff(target, proposed, edited) {
+    target.replaceChildren();
+    const changes = keyChanges(proposed, edited, "", { added: [], removed: [], changed: [] });
+    if (!changes.added.length && !changes.removed.length && !changes.changed.length) {
+      const same = document.createElement("p");
+      same.className = "diff-none";
+      same.textContent = "No changes yet: edit the arguments above (or use Approve to run them as proposed).";
+      target.append(same);
+      return false;
+    }
+    const summary = document.createElement("ul");
+    summary.className = "diff-summary";
+    for (const [kind, label] of [
+      ["changed", "Changed"],
+      ["added", "Added"],
+      ["removed", "Removed"],
+    ]) {
+      if (!changes[kind].length) continue;
+      const item = document.createElement("li");
+      item.className = "diff-" + kind;
+      item.append(label + ": ");
+      changes[kind].forEach((path, index) => {
+        if (index) item.append(", ");
+        const code = document.createElement("code");
+        code.textContent = path;
+        item.append(code);
+      });
+      summary.append(item);
+    }
+    target.append(summary);
+    const lines = document.createElement("pre");
+    lines.className = "diff-lines";
+    const before = pretty(canonical(proposed)).split("\n");
+    const after = pretty(canonical(edited)).split("\n");
+    for (const [sign, text] of lineDiff(before, after)) {
+      // <del> and <ins> say "removed" and "added" to assistive technology, not only by colour.
+      const line = document.createElement(sign === "-" ? "del" : sign === "+" ? "ins" : "span");
+      line.className = "diff-line";
+      const mark = document.createElement("span");
+      mark.className = "diff-sign";
+      mark.setAttribute("aria-hidden", "true");
+      mark.textContent = sign === "-" ? "−" : sign;
+      line.append(mark, text);
+      lines.append(line);
+    }
+    target.append(lines);
+    return true;
+  }
+
+  function validate(entry) {
+    const card = entry.card;
+    const editor = find(card, "args-editor");
+    const result = parseArguments(editor.value);
+    const errorText = find(card, "args-error");
+    const diff = find(card, "args-diff");
+    errorText.textContent = result.error || "";
+    editor.setAttribute("aria-invalid", result.error ? "true" : "false");
+    let changed = false;
+    if (result.error) {
+      diff.replaceChildren();
+      const wait = document.createElement("p");
+      wait.className = "diff-none";
+      wait.textContent = "The difference shows once the JSON is valid.";
+      diff.append(wait);
+    } else {
+      changed = renderDiff(diff, entry.data.arguments, result.value);
+    }
+    find(card, "send-edit").disabled = Boolean(result.error) || !changed || entry.state !== "open";
+    return result;
+  }
+
+  // Panels and errors
+
+  function showError(entry, text) {
+    const error = find(entry.card, "error");
+    error.textContent = text || "";
+    error.hidden = !text;
+  }
+
+  function openPanel(entry, name) {
+    const card = entry.card;
+    for (const other of ["edit", "reject"]) {
+      panel(card, other).hidden = other !== name;
+      find(card, other).setAttribute("aria-expanded", String(other === name));
+    }
+    showError(entry, "");
+    if (name === "edit") {
+      const editor = find(card, "args-editor");
+      if (!editor.dataset.touched) editor.value = pretty(entry.data.arguments);
+      validate(entry);
+      editor.focus();
+    } else if (name === "reject") {
+      find(card, "reject-comment").focus();
+    }
+  }
+
+  function closePanels(entry) {
+    const card = entry.card;
+    for (const name of ["edit", "reject"]) {
+      panel(card, name).hidden = true;
+      find(card, name).setAttribute("aria-expanded", "false");
+    }
+    delete find(card, "args-editor").dataset.touched;
+  }
+
+  function setBusy(entry, busy) {
+    entry.state = busy ? "busy" : "open";
+    entry.card.classList.toggle("busy", busy);
+    entry.card.setAttribute("aria-busy", String(busy));
+    for (const button of entry.card.querySelectorAll("button")) {
+      if (button.dataset.testid === "send-edit") continue;
+      button.disabled = busy || !config.may_decide;
+    }
+    if (busy) find(entry.card, "send-edit").disabled = true;
+    else if (!panel(entry.card, "edit").hidden) validate(entry);
+  }
+
+  // The request was decided by someone else (or expired, or is gone): say so in the card, keep it a
+  // moment so the operator reads why, then let it go.
+  function closeCard(entry, text) {
+    entry.state = "closed";
+    const card = entry.card;
+    card.classList.remove("busy", "urgent", "soon");
+    card.classList.add("closed");
+    card.setAttribute("aria-busy", "false");
+    for (const button of card.querySelectorAll("button")) button.disabled = true;
+    for (const name of ["edit", "reject"]) panel(card, name).hidden = true;
+    showError(entry, text);
+    if (!card.querySelector("[data-action=dismiss]")) {
+      const dismiss = document.createElement("button");
+      dismiss.type = "button";
+      dismiss.className = "btn quiet small";
+      dismiss.dataset.action = "dismiss";
+      dismiss.textContent = "Dismiss";
+      find(card, "error").after(dismiss);
+    }
+    card.querySelector("[data-action=dismiss]").disabled = false;
+    entry.closeTimer = setTimeout(() => remove(entry.data.call_id), CLOSED_CARD_MS);
+    update();
+  }
+
+  // Deciding
+
+  const VERBS = { APPROVE: "approved", EDIT: "approved with edits", REJECT: "rejected" };
+
+  async function send(entry, decision, modifiedArgs, comment) {
+    if (entry.state !== "open") return;
+    const callId = entry.data.call_id;
+    setBusy(entry, true);
+    showError(entry, "");
+    let response;
+    let body = null;
+    try {
+      response = await fetch(config.links.decide.replace("__call_id__", encodeURIComponent(callId)), {
+        method: "POST",
+        credentials: "same-origin",
+        headers: {
+          "Content-Type": "application/json",
+          Accept: "application/json",
+          "X-CSRFToken": csrfToken,
+        },
+        body: JSON.stringify({ decision: decision, modified_args: modifiedArgs, comment: comment }),
+      });
+    } catch (error) {
+      setBusy(entry, false);
+      showError(entry, "The server could not be reached (is the network down?). Try again.");
+      return;
+    }
+    try {
+      body = await response.json();
+    } catch (error) {
+      body = null;
+    }
+    const detail = body && body.detail ? body.detail : "";
+    if (response.ok) {
+      const approval = (body && body.request) || entry.data;
+      notify("You " + VERBS[decision] + " " + approval.tool_name + " (" + callId + ").", "success");
+      remove(callId);
+      return;
+    }
+    if (response.status === 409 || response.status === 404) {
+      // Someone else decided first, or it expired, or it is gone: it cannot be decided here any more.
+      closeCard(entry, detail || "This request can no longer be decided.");
+      return;
+    }
+    setBusy(entry, false);
+    if (entry.laterDecision) {
+      // It was decided elsewhere while our request failed for another reason.
+      closeCard(entry, describe(entry.laterDecision));
+      return;
+    }
+    if (response.status === 400) {
+      let text = detail || "The decision was refused as invalid.";
+      if (body && Array.isArray(body.errors) && body.errors.length > 1) {
+        text += " " + body.errors.map((e) => e.field + ": " + e.message).join("; ");
+      }
+      showError(entry, text);
+    } else if (response.status === 401) {
+      showError(entry, "You are signed out: sign in again (reload the page), then decide.");
+    } else if (response.status === 403 && !body) {
+      showError(entry, "The page's security token is out of date (did you sign in again elsewhere?). Reload the page and try again.");
+    } else if (detail) {
+      showError(entry, detail);
+    } else {
+      showError(entry, "The server answered " + response.status + " and decided nothing. Try again.");
+    }
+  }
+
+  // Events (delegated: server-rendered and live cards alike)
+
+  function entryOf(target) {
+    const card = target.closest("[data-call-id]");
+    return card ? entries.get(card.dataset.callId) : undefined;
+  }
+
+  queue.addEventListener("submit", (event) => {
+    event.preventDefault(); // the form is the no-JavaScript fallback
+    const entry = entryOf(event.target);
+    if (entry) send(entry, "APPROVE", null, "");
+  });
+
+  queue.addEventListener("click", (event) => {
+    const button = event.target.closest("button");
+    if (!button || button.disabled) return;
+    const entry = entryOf(button);
+    if (!entry) return;
+    const action = button.dataset.testid || button.dataset.action;
+    if (action === "edit" || action === "reject") {
+      if (button.getAttribute("aria-expanded") === "true") closePanels(entry);
+      else openPanel(entry, action);
+    } else if (action === "cancel") {
+      const which = button.closest("[data-panel]").dataset.panel;
+      closePanels(entry);
+      find(entry.card, which).focus();
+    } else if (action === "send-edit") {
+      const result = validate(entry);
+      if (result.error) return;
+      send(entry, "EDIT", result.value, field(entry.card, "edit-comment").value);
+    } else if (action === "send-reject") {
+      send(entry, "REJECT", null, find(entry.card, "reject-comment").value);
+    } else if (action === "dismiss") {
+      remove(entry.data.call_id);
+    }
+  });
+
+  queue.addEventListener("input", (event) => {
+    if (event.target.dataset.testid !== "args-editor") return;
+    const entry = entryOf(event.target);
+    if (!entry) return;
+    event.target.dataset.touched = "1";
+    validate(entry);
+  });
+
+  queue.addEventListener("keydown", (event) => {
+    // Ctrl/Cmd+Enter in a panel's text sends it.
+    if (event.key !== "Enter" || !(event.ctrlKey || event.metaKey)) return;
+    const section = event.target.closest("[data-panel]");
+    if (!section) return;
+    const target = section.querySelector("[data-testid=send-edit], [data-testid=send-reject]");
+    if (target && !target.disabled) {
+      event.preventDefault();
+      target.click();
+    }
+  });
+
+  // The server-rendered cards
+
+  for (const approval of config.pending) {
+    const card = queue.querySelector('[data-call-id="' + CSS.escape(approval.call_id) + '"]');
+    if (card) entries.set(approval.call_id, { data: approval, card: card, state: "open" });
+  }
+  update();
+  tick();
+  setInterval(tick, 1000);
+
+  // Live: the socket, and polling while it is down
+
+  let pollTimer = null;
+
+  async function poll() {
+    pollTimer = null;
+    if (socket.live) return;
+    try {
+      const response = await fetch("/api/hitl/requests/?status=pending&limit=200", {
+        credentials: "same-origin",
+        headers: { Accept: "application/json" },
+      });
+      if (response.ok) {
+        const page = await response.json();
+        if (!socket.live) {
+          if (page.next) page.results.forEach(add); // only part of the queue: add, drop nothing
+          else reconcile(page.results);
+        }
+      }
+    } catch (error) {
+      // offline: the socket's reconnect and the next poll try again
+    }
+    schedulePoll(POLL_EVERY_MS);
+  }
+
+  function schedulePoll(delay) {
+    if (pollTimer === null && !socket.live) pollTimer = setTimeout(poll, delay);
+  }
+
+  const socket = new window.LiveSocket({
+    path: config.ws_path,
+    onMessage: function (message) {
+      switch (message.type) {
+        case "snapshot":
+          reconcile(message.pending || []);
+          break;
+        case "request":
+          if (!entries.has(message.call_id) && (!message.status || message.status === "pending")) {
+            notify("New request: " + message.tool_name + (message.agent ? " from " + message.agent : "") + ".");
+          }
+          add(message);
+          break;
+        case "decision":
+        case "expired":
+          decided(message);
+          break;
+        case "error":
+          if (message.code === "not_authenticated" || message.code === "permission_denied") {
+            notify(message.detail || "The live updates were refused; reload the page.", "warning");
+          }
+          break;
+        default:
+          break; // "decided" and others answer decisions sent over the socket; this page posts them
+      }
+    },
+    onOpen: function () {
+      clearTimeout(pollTimer);
+      pollTimer = null;
+    },
+    onDown: function () {
+      schedulePoll(POLL_AFTER_MS);
+    },
+  });
+  socket.start();
+  schedulePoll(POLL_AFTER_MS);
+})();

@@ -1,0 +1,207 @@
+"""The approval page: operators watch the pending queue live and approve, edit or reject.
+
+The first paint is server-rendered from `pending_approvals()`, so the page is useful before its
+WebSocket (/ws/hitl/) connects; hitl/static/hitl/approvals.js then keeps it current. Decisions are
+POSTed (JSON, with the CSRF token) to `decide`, which calls `approval_decide` with channel "page" like
+every other surface calls it; a plain form POST works too, for the Approve button without JavaScript.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.contrib.auth.views import redirect_to_login
+from django.core.exceptions import RequestDataTooBig
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
+from django.template.response import TemplateResponse
+from django.urls import reverse
+from django.utils import timezone
+from django.views.decorators.http import require_POST, require_safe
+
+from eventbus_project.exceptions import ApplicationError
+from events.base import format_timestamp
+from events.views import forbidden
+
+from .admin import ArgumentsError, parse_arguments
+from .models import DecisionChannel
+from .selectors import VIEW_PERMISSION, approval_as_dict, pending_approvals
+from .services import approval_decide, user_may_decide
+
+FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
+# Below this many seconds left a card's countdown turns amber, then red (the page's JS uses the same).
+SOON_S = 120
+URGENT_S = 30
+
+
+def short_duration(seconds: float) -> str:
+    """A countdown or an age as an operator glances at it: 45s, 3m 05s, 2h 04m, 3d 2h."""
+    seconds = max(0, int(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes}m {seconds:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 48:
+        return f"{hours}h {minutes:02d}m"
+    days, hours = divmod(hours, 24)
+    return f"{days}d {hours}h"
+
+
+def pretty_arguments(arguments: Any) -> str:
+    """Arguments as the page shows them (the JS writes them the same way): indented, non-ASCII kept."""
+    return json.dumps(arguments, indent=2, ensure_ascii=False)
+
+
+def _moment(value: str) -> datetime:
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def card_context(approval: dict[str, Any], now: datetime) -> dict[str, Any]:
+    """What a card shows at first paint, beside the approval's own fields."""
+    left = (_moment(approval["expires_at"]) - now).total_seconds()
+    age = (now - _moment(approval["created_at"])).total_seconds()
+    urgency = "urgent" if left <= URGENT_S else "soon" if left <= SOON_S else ""
+    return {
+        **approval,
+        "arguments_pretty": pretty_arguments(approval["arguments"]),
+        "age": short_duration(age),
+        "time_left": short_duration(left) if left > 0 else "expiring…",
+        "urgency": urgency,
+    }
+
+
+def page_links() -> dict[str, str]:
+    """Admin URLs the cards link to (the JS builds the same links for cards that arrive live)."""
+    return {
+        "admin_search": reverse("admin:hitl_approvalrequest_changelist") + "?q=",
+        "trace": reverse("admin:events_storedevent_trace") + "?correlation_id=",
+        "timeline": reverse("admin:events_storedevent_timeline") + "?session_id=",
+        "decide": reverse("hitl:decide", args=["__call_id__"]),
+    }
+
+
+@login_required
+@require_safe
+def approvals_page(request: HttpRequest) -> HttpResponse:
+    """The pending queue, soonest deadline first, then live over /ws/hitl/."""
+    if not request.user.has_perm(VIEW_PERMISSION):
+        return forbidden(request, page="The approval page", role="operator")
+    now = timezone.now()
+    pending = sorted(pending_approvals(), key=lambda a: (a["expires_at"], a["created_at"]))
+    links = page_links()
+    config = {
+        "ws_path": "/ws/hitl/",
+        "server_now": format_timestamp(now),
+        "may_decide": user_may_decide(request.user),
+        "links": links,
+        "soon_s": SOON_S,
+        "urgent_s": URGENT_S,
+        "pending": pending,
+    }
+    context = {
+        "cards": [card_context(approval, now) for approval in pending],
+        "config": config,
+        "links": links,
+        "may_decide": config["may_decide"],
+        "nav": "approvals",
+    }
+    return TemplateResponse(request, "hitl/approvals.html", context)
+
+
+# Deciding
+
+
+def _error(error: ApplicationError) -> JsonResponse:
+    return JsonResponse({"detail": error.message, "code": error.code, **error.extra}, status=error.status)
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            # json.loads would keep the last one silently: the agent would not run what was read.
+            raise ValueError(f"the key {key!r} appears twice")
+        result[key] = value
+    return result
+
+
+def _json_body(request: HttpRequest) -> dict[str, Any]:
+    try:
+        body = request.body
+    except RequestDataTooBig:
+        raise ApplicationError(
+            "the request body is too large", code="payload_too_large", status=413
+        ) from None
+    try:
+        payload = json.loads(body, parse_constant=_reject_constant, object_pairs_hook=_no_duplicate_keys)
+    except (ValueError, RecursionError) as error:  # JSONDecodeError and bad UTF-8 are ValueErrors
+        raise ApplicationError(
+            f"the body is not valid JSON: {error}", code="invalid_body", status=400
+        ) from None
+    if not isinstance(payload, dict):
+        raise ApplicationError("the body must be a JSON object", code="invalid_body", status=400)
+    return payload
+
+
+def _form_body(request: HttpRequest) -> dict[str, Any]:
+    decision = request.POST.get("decision", "")
+    payload: dict[str, Any] = {"decision": decision, "comment": request.POST.get("comment", "")}
+    if decision == "EDIT":
+        try:
+            payload["modified_args"] = parse_arguments(request.POST.get("modified_args", ""))
+        except ArgumentsError as error:
+            raise ApplicationError(f"modified_args: {error}", code="invalid", status=400) from None
+    return payload
+
+
+def _decide(request: HttpRequest, call_id: str, payload: dict[str, Any]) -> dict[str, Any]:
+    decision = payload.get("decision")
+    if not isinstance(decision, str):
+        # The service looks the decision up in a dict: a list here would be a TypeError, not a 400.
+        raise ApplicationError(
+            "decision: must be one of APPROVE, EDIT, REJECT",
+            code="invalid",
+            status=400,
+            extra={"errors": [{"field": "decision", "message": "must be one of APPROVE, EDIT, REJECT"}]},
+        )
+    approval = approval_decide(
+        call_id=call_id,
+        user=request.user,
+        decision=decision,
+        modified_args=payload.get("modified_args"),
+        comment=payload.get("comment") or "",
+        channel=DecisionChannel.PAGE,
+    )
+    return approval_as_dict(approval)
+
+
+@require_POST
+def decide(request: HttpRequest, call_id: str) -> HttpResponse:
+    """Decide one request as the signed-in user: JSON in, JSON out (or a form post and a redirect)."""
+    from_form = request.content_type in FORM_TYPES
+    page = reverse("hitl:approvals")
+    if not request.user.is_authenticated:
+        if from_form:
+            return redirect_to_login(page)
+        return JsonResponse({"detail": "Sign in to decide.", "code": "not_authenticated"}, status=401)
+    try:
+        payload = _form_body(request) if from_form else _json_body(request)
+        approval = _decide(request, call_id, payload)
+    except ApplicationError as error:
+        if not from_form:
+            return _error(error)
+        messages.error(request, f"{call_id}: {error.message}")
+        return HttpResponseRedirect(page)
+    if from_form:
+        messages.success(request, f"{approval['tool_name']} ({call_id}): {approval['status']}.")
+        return HttpResponseRedirect(page)
+    return JsonResponse({"request": approval})
