@@ -1,4 +1,26 @@
+from collections.abc import Callable
+
 from django.apps import AppConfig
+from django.conf import settings
+
+# Called (with no argument) when another process says it committed events, so that this process's
+# readers look now rather than at their next poll. The live feed adds its wake-up here.
+REMOTE_COMMIT_WAKERS: list[Callable[[], object]] = []
+
+
+def wake_on_remote_commit(position: int) -> None:
+    """Wake every reader registered in REMOTE_COMMIT_WAKERS (on the bus loop; each must be quick)."""
+    for wake in list(REMOTE_COMMIT_WAKERS):
+        wake()
+
+
+async def start_distributed_bus() -> None:
+    """Under Daphne: connect the bus to Redis at start-up (it keeps reconnecting if Redis is away)."""
+    from .distributed_event_bus import DistributedEventBus
+    from .event_bus import event_bus
+
+    if isinstance(event_bus, DistributedEventBus):
+        await event_bus.initialize()
 
 
 class EventsConfig(AppConfig):
@@ -17,3 +39,22 @@ class EventsConfig(AppConfig):
             handler_timeout=config.handler_timeout,
         )
         signals.connect()
+        if settings.REDIS_URL:
+            self._distribute_bus(settings.REDIS_URL, config.redis_channel)
+
+    @staticmethod
+    def _distribute_bus(redis_url: str, channel: str) -> None:
+        """Every process of the deployment shares its events and tells the others of its commits."""
+        from .distributed_event_bus import make_distributed
+        from .event_bus import event_bus
+        from .event_store import event_store
+        from .lifecycle import run_in_server
+
+        bus = make_distributed(event_bus, redis_url, channel=channel)
+        event_store.add_commit_listener(bus.announce_commit)
+        if event_store.wake_readers not in REMOTE_COMMIT_WAKERS:
+            REMOTE_COMMIT_WAKERS.append(event_store.wake_readers)
+        bus.on_remote_commit(wake_on_remote_commit)
+        # Under Daphne, subscribe at start-up so the other processes' events are heard from the start
+        # (a script or command only sends: its first publish starts the relay).
+        run_in_server(start_distributed_bus)

@@ -13,6 +13,7 @@ class BusSettings:
     overflow: str
     handler_timeout: float | None
     shutdown_timeout: float
+    redis_channel: str = "eventbus:events"
 
 
 def bus_settings() -> BusSettings:
@@ -34,11 +35,17 @@ def bus_settings() -> BusSettings:
     shutdown_timeout = raw.get("SHUTDOWN_TIMEOUT", 30.0)
     if not isinstance(shutdown_timeout, int | float) or shutdown_timeout < 0:
         raise ImproperlyConfigured(f"EVENT_BUS['SHUTDOWN_TIMEOUT'] must be >= 0, not {shutdown_timeout!r}")
+    redis_channel = raw.get("REDIS_CHANNEL", "eventbus:events")
+    if not isinstance(redis_channel, str) or not redis_channel.strip():
+        raise ImproperlyConfigured(
+            f"EVENT_BUS['REDIS_CHANNEL'] must be a non-empty string, not {redis_channel!r}"
+        )
     return BusSettings(
         max_queue_size=max_queue_size,
         overflow=overflow,
         handler_timeout=float(handler_timeout) if handler_timeout is not None else None,
         shutdown_timeout=float(shutdown_timeout),
+        redis_channel=redis_channel.strip(),
     )
 
 

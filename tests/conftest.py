@@ -9,11 +9,20 @@ from django.db import connection
 
 from audit.subscribers import install_subscribers
 from events.db_triggers import PERMIT_TABLE
+from events.distributed_event_bus import make_distributed
 from events.event_bus import event_bus
 from events.event_store import event_store
 from hitl.services import decision_waiters
 
 REQUIRE_SERVICES = os.environ.get("REQUIRE_SERVICES", "") == "1"
+
+if settings.REDIS_URL:
+    # Pub/Sub channels ignore the database number: this session gets a channel of its own, so test runs
+    # sharing a Redis never hear each other. The servers and scripts the tests start inherit it.
+    TEST_REDIS_CHANNEL = f"eventbus:test:{os.getpid()}"
+    os.environ["EVENT_BUS_REDIS_CHANNEL"] = TEST_REDIS_CHANNEL
+    settings.EVENT_BUS["REDIS_CHANNEL"] = TEST_REDIS_CHANNEL
+    make_distributed(event_bus, settings.REDIS_URL, channel=TEST_REDIS_CHANNEL)  # made at start-up
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
