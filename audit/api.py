@@ -244,6 +244,11 @@ class StatsSerializer(serializers.Serializer):
     middleware = serializers.IntegerField(help_text="How many bus middleware are installed.")
     store = StoreStatsSerializer()
     pending_approvals = serializers.IntegerField(help_text="Approval requests waiting for a decision.")
+    distributed = serializers.DictField(
+        required=False,
+        help_text="With REDIS_URL, the distributed bus's relay: connected, channel, sent, received, "
+        "duplicates, dropped, publish_failures, reconnects, commits_sent, commits_received, outbox.",
+    )
 
 
 class MetricsView(AsyncAPIView):

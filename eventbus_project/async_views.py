@@ -14,10 +14,12 @@ drf-spectacular documents these views like any APIView.
 
 from __future__ import annotations
 
+import functools
 from inspect import iscoroutinefunction
 from typing import Any
 
 from channels.db import database_sync_to_async
+from django.db import connection
 from django.http import HttpRequest, HttpResponse
 from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
@@ -55,7 +57,18 @@ class AsyncAPIView(APIView):
 
 def off_shared_thread(fn: Any) -> Any:
     """`fn` as a coroutine function run in a worker thread (not the shared one), closing its connection."""
-    return database_sync_to_async(fn, thread_sensitive=False)
+
+    @functools.wraps(fn)
+    def released(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            # Closed (back to the pool) from inside the call, not only by database_sync_to_async's
+            # clean-up: with PostgreSQL's pool, a worker thread whose caller was cancelled meanwhile (a
+            # WebSocket whose client left) was seen to keep its connection, and the pool ran dry.
+            connection.close()
+
+    return database_sync_to_async(released, thread_sensitive=False)
 
 
 def rendered(response: HttpResponse) -> HttpResponse:

@@ -14,9 +14,10 @@ from typing import Any
 from urllib.parse import parse_qs, urlparse
 
 from channels.auth import AuthMiddlewareStack
-from channels.db import database_sync_to_async
 from channels.security.websocket import AllowedHostsOriginValidator, WebsocketDenier
 from django.contrib.auth.models import AnonymousUser
+
+from eventbus_project.async_views import off_shared_thread
 
 Scope = MutableMapping[str, Any]
 ASGIApp = Callable[[Scope, Any, Any], Awaitable[None]]
@@ -81,7 +82,7 @@ class WebSocketAuthMiddleware:
                 return
         raw_token = token_from_scope(scope)
         if raw_token is not None:
-            user = await database_sync_to_async(_user_for_token, thread_sensitive=False)(raw_token)
+            user = await off_shared_thread(_user_for_token)(raw_token)
             await self.inner(dict(scope, user=user, auth="token"), receive, send)
             return
         if origin is None:

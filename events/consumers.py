@@ -12,8 +12,9 @@ import json
 import logging
 from typing import Any
 
-from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
+
+from eventbus_project.async_views import off_shared_thread
 
 from .base import BaseEvent
 from .event_bus import EventBus, event_bus
@@ -91,7 +92,7 @@ class LiveConsumer(AsyncWebsocketConsumer):
                 CLOSE_NOT_AUTHENTICATED,
             )
             return
-        if not await database_sync_to_async(_has_perm, thread_sensitive=False)(user, self.permission):
+        if not await off_shared_thread(_has_perm)(user, self.permission):
             await self.refuse(
                 "permission_denied", f"this feed needs the {self.permission} permission", CLOSE_FORBIDDEN
             )
@@ -279,7 +280,7 @@ class EventFeedConsumer(LiveConsumer):
 
     async def send_stored(self, after: int, up_to: int | None) -> int:
         """Send the stored events matching the filters in (after, up_to]; the last position sent."""
-        page = database_sync_to_async(_stored_page, thread_sensitive=False)
+        page = off_shared_thread(_stored_page)
         while True:
             frames = await page(after, up_to, self.filters)
             for position, frame in frames:

@@ -598,9 +598,9 @@ def _row_to_event(row: dict[str, Any]) -> BaseEvent:
 
 async def _in_thread(fn: Callable[..., Any], **kwargs: Any) -> Any:
     """Run a selector in a worker thread with a fresh-enough connection (async code never runs ORM)."""
-    from channels.db import database_sync_to_async
+    from eventbus_project.async_views import off_shared_thread
 
-    return await database_sync_to_async(fn, thread_sensitive=False)(**kwargs)
+    return await off_shared_thread(fn)(**kwargs)
 
 
 event_store = EventStore()

@@ -164,7 +164,7 @@ class LiveFeed:
         self._task = loop.create_task(self._run(self._started), name="live-feed-reader")
 
     async def _run(self, started: asyncio.Future[int]) -> None:
-        from channels.db import database_sync_to_async
+        from eventbus_project.async_views import off_shared_thread
 
         from .selectors import last_stored_position
 
@@ -173,7 +173,7 @@ class LiveFeed:
         while True:
             try:
                 if position is None:
-                    position = await database_sync_to_async(last_stored_position, thread_sensitive=False)()
+                    position = await off_shared_thread(last_stored_position)()
                     self._position = position
                     started.set_result(position)
                 async for event in event_store.read(after_position=position, poll_interval=poll):

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from channels.db import database_sync_to_async
-
+from eventbus_project.async_views import off_shared_thread
 from eventbus_project.exceptions import ApplicationError
 from events.consumers import LiveConsumer
 from events.event_types import EventType
@@ -60,12 +59,12 @@ class ApprovalQueueConsumer(LiveConsumer):
         self.run_stream(self.stream())
 
     async def send_snapshot(self) -> None:
-        pending = await database_sync_to_async(pending_approvals, thread_sensitive=False)()
+        pending = await off_shared_thread(pending_approvals)()
         await self.send_json({"type": "snapshot", "pending": pending})
 
     async def stream(self) -> None:
         listener = Listener(event_types=LIFECYCLE_EVENTS)
-        load = database_sync_to_async(approvals_by_call_id, thread_sensitive=False)
+        load = off_shared_thread(approvals_by_call_id)
         try:
             # Registered before the snapshot is read: a change after it still arrives (maybe twice).
             await live_feed.register(listener)
@@ -114,7 +113,7 @@ class ApprovalQueueConsumer(LiveConsumer):
             )
             return
         try:
-            request = await database_sync_to_async(_decide, thread_sensitive=False)(
+            request = await off_shared_thread(_decide)(
                 user=self.scope["user"],
                 call_id=call_id,
                 decision=decision,
