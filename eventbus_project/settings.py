@@ -234,6 +234,8 @@ EVENTS_MAX_BODY_BYTES = int(env_number("EVENTS_MAX_BODY_BYTES", 8 * 1024 * 1024,
 HITL_DEFAULT_TIMEOUT_S = env_number("HITL_DEFAULT_TIMEOUT_S", 900, minimum=1)
 HITL_MAX_TIMEOUT_S = env_number("HITL_MAX_TIMEOUT_S", 7 * 24 * 3600, minimum=1)
 HITL_SWEEP_INTERVAL_S = env_number("HITL_SWEEP_INTERVAL_S", 1.0, minimum=0.05)
+# The safety net behind the bus: with Redis, decisions made in other processes wake waiters at once.
+HITL_RECHECK_INTERVAL_S = env_number("HITL_RECHECK_INTERVAL_S", 10.0, minimum=0.05)
 # JSON Schemas of tools' arguments, checked when an operator edits them: {"tool_name": {...schema...}}.
 HITL_TOOL_SCHEMAS: dict[str, Any] = {}
 
