@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install run test lint format bench clean
+.PHONY: install run test lint format bench clean demo
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,31 @@ run: $(STAMP)
 	$(PY) manage.py ensure_admin
 	@echo "Serving at http://$(HOST):$(PORT)/  (admin: /admin/, health: /healthz; Ctrl-C stops)"
 	$(VENV)/bin/daphne -b $(HOST) -p $(PORT) eventbus_project.asgi:application
+
+# The server in the background (its log in var/demo-server.log) and simulated agents in the foreground,
+# so the live feed and the approval queue fill within seconds; Ctrl-C stops both (the simulator first
+# withdraws its pending requests). SIMULATE="--sessions 5 --rate 10" passes options to simulate_agents.
+demo: $(STAMP)
+	$(PY) manage.py migrate --noinput
+	$(PY) manage.py ensure_admin
+	$(PY) manage.py setup_roles >/dev/null
+	@$(PY) -c 'import socket; socket.create_server(("$(HOST)", $(PORT))).close()' 2>/dev/null \
+		|| { echo "$(HOST):$(PORT) is in use (make run already running?); try PORT=8001 make demo"; exit 1; }; \
+	log="$${VAR_DIR:-var}/demo-server.log"; mkdir -p "$$(dirname "$$log")"; \
+	$(VENV)/bin/daphne -b $(HOST) -p $(PORT) eventbus_project.asgi:application >"$$log" 2>&1 & server=$$!; \
+	trap 'kill $$server 2>/dev/null; wait $$server 2>/dev/null' EXIT; trap 'exit 130' INT TERM; \
+	up=; for i in $$(seq 1 100); do \
+		kill -0 $$server 2>/dev/null || break; \
+		$(PY) -c 'import urllib.request as r; r.urlopen("http://$(HOST):$(PORT)/healthz", timeout=1)' \
+			2>/dev/null && { up=1; break; }; \
+		sleep 0.2; \
+	done; \
+	[ -n "$$up" ] || { echo "The server did not come up; the end of $$log:"; tail -n 20 "$$log"; exit 1; }; \
+	echo "Serving at http://$(HOST):$(PORT)/ (server log: $$log). Sign in as admin, then watch:"; \
+	echo "  approvals  http://$(HOST):$(PORT)/hitl/"; \
+	echo "  live feed  http://$(HOST):$(PORT)/events/live/"; \
+	echo "  admin      http://$(HOST):$(PORT)/admin/  (traces: Stored events -> an event -> trace)"; \
+	$(PY) manage.py simulate_agents $(SIMULATE)
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -38,6 +63,7 @@ format: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/bus_throughput.py
 	$(PY) benchmarks/store_ingest.py
+	$(PY) benchmarks/live_fanout.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache
