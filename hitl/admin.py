@@ -33,6 +33,7 @@ from django.utils.timesince import timeuntil
 
 from eventbus_project.exceptions import ApplicationError
 
+from . import strict_json
 from .models import ApprovalRequest, ApprovalStatus, DecisionChannel
 from .selectors import pending_first
 from .services import approval_decide, args_digest, decision_of, user_may_decide, validate_against_schema
@@ -59,31 +60,17 @@ class ArgumentsError(ValueError):
     """The edited arguments are not a JSON object this page can send to the service."""
 
 
-def _reject_constant(name: str) -> Any:
-    raise ArgumentsError(f"{name} is not JSON (use a number, or a string)")
-
-
-def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            # json.loads would keep the last silently: the operator would not run what they read.
-            raise ArgumentsError(f"the key {key!r} appears twice")
-        result[key] = value
-    return result
-
-
 def parse_arguments(text: str) -> dict[str, Any]:
     """The edited arguments as a JSON object, or ArgumentsError saying what is wrong and where."""
     if not text.strip():
         raise ArgumentsError("Enter the arguments as a JSON object, e.g. {}.")
     try:
-        value = json.loads(text, parse_constant=_reject_constant, object_pairs_hook=_no_duplicate_keys)
+        value = strict_json.loads(text)
     except json.JSONDecodeError as error:
         raise ArgumentsError(
             f"This is not valid JSON: {error.msg} (line {error.lineno}, column {error.colno})."
         ) from None
-    except ArgumentsError as error:
+    except strict_json.StrictJSONError as error:
         raise ArgumentsError(f"This is not valid JSON: {error}.") from None
     if not isinstance(value, dict):
         raise ArgumentsError(f"The arguments must be a JSON object ({{...}}), not {type(value).__name__}.")

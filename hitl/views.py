@@ -26,6 +26,7 @@ from eventbus_project.exceptions import ApplicationError
 from events.base import format_timestamp
 from events.views import forbidden
 
+from . import strict_json
 from .admin import ArgumentsError, parse_arguments
 from .models import DecisionChannel
 from .selectors import VIEW_PERMISSION, approval_as_dict, pending_approvals
@@ -120,20 +121,6 @@ def _error(error: ApplicationError) -> JsonResponse:
     return JsonResponse({"detail": error.message, "code": error.code, **error.extra}, status=error.status)
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            # json.loads would keep the last one silently: the agent would not run what was read.
-            raise ValueError(f"the key {key!r} appears twice")
-        result[key] = value
-    return result
-
-
 def _json_body(request: HttpRequest) -> dict[str, Any]:
     try:
         body = request.body
@@ -142,7 +129,7 @@ def _json_body(request: HttpRequest) -> dict[str, Any]:
             "the request body is too large", code="payload_too_large", status=413
         ) from None
     try:
-        payload = json.loads(body, parse_constant=_reject_constant, object_pairs_hook=_no_duplicate_keys)
+        payload = strict_json.loads(body)
     except (ValueError, RecursionError) as error:  # JSONDecodeError and bad UTF-8 are ValueErrors
         raise ApplicationError(
             f"the body is not valid JSON: {error}", code="invalid_body", status=400
