@@ -25,20 +25,11 @@ from urllib.parse import parse_qs
 from channels.generic.websocket import AsyncWebsocketConsumer
 
 from eventbus_project.asgi import application as project_application
+from events.consumers import transport_backlog  # the same measure the app's consumer waits on
 
 BARE_PATH = "/ws/bare/"
 DEFAULT_GROUP = "bench-live"
 TRANSPORT_HIGH_WATER = 256 * 1024
-
-
-def _transport_backlog(send: Any) -> int | None:
-    """Bytes Daphne's socket has not written to the client yet (None under another server)."""
-    protocol = getattr(send, "args", (None,))[0]
-    transport = getattr(protocol, "transport", None)
-    data = getattr(transport, "dataBuffer", None)
-    if data is None:
-        return None
-    return len(data) - int(getattr(transport, "offset", 0)) + int(getattr(transport, "_tempDataLen", 0))
 
 
 class BareGroupConsumer(AsyncWebsocketConsumer):
@@ -52,10 +43,10 @@ class BareGroupConsumer(AsyncWebsocketConsumer):
         await self.accept()
 
     async def bench_event(self, message: dict[str, Any]) -> None:
-        backlog = _transport_backlog(self.base_send)
+        backlog = transport_backlog(self.base_send)
         while backlog is not None and backlog > TRANSPORT_HIGH_WATER:
             await asyncio.sleep(0.02)
-            backlog = _transport_backlog(self.base_send)
+            backlog = transport_backlog(self.base_send)
         await self.send(text_data=message["text"])
 
 

@@ -33,14 +33,14 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from importlib.metadata import version
-from pathlib import Path
 
 import blinker
+from _common import ROOT, positive_int
 from asgiref.sync import sync_to_async
 from django.dispatch import Signal
 from pyee.asyncio import AsyncIOEventEmitter
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(ROOT))
 
 from events.agent_events import AgentSwitchedEvent  # noqa: E402
 from events.base import BaseEvent  # noqa: E402
@@ -220,13 +220,6 @@ async def run(events: Sequence[BaseEvent], repeat: int) -> dict[str, float]:
         for name, contender in CONTENDERS.items():
             best[name] = min(best[name], await contender(events))
     return best
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, not {text}")
-    return value
 
 
 def main() -> None:

@@ -38,26 +38,33 @@ import http.client
 import json
 import os
 import platform
-import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from importlib.metadata import version
-from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
+from _common import (
+    DEFAULT_POSTGRES_SERVER,
+    RESULT_PREFIX,
+    ROOT,
+    api_token,
+    daphne,
+    log_traceback,
+    manage,
+    positive_int,
+    postgres_database,
+    postgres_version,
+    proc_status,
+    result_of,
+    start_profiler,
+    stop_profiler,
+)
+
 sys.path.insert(0, str(ROOT))
 
-DEFAULT_POSTGRES_SERVER = "postgres://postgres@127.0.0.1:5432"
-RESULT_PREFIX = "BENCH-RESULT "
 AUDITOR = "bench-auditor"
 SUPERUSER = "bench-admin"
 RSS_INTERVAL_S = 0.05
@@ -160,45 +167,13 @@ def run_session_child(env: dict[str, str]) -> dict[str, Any]:
         text=True,
         timeout=120,
     )
-    for line in reversed(done.stdout.splitlines()):
-        if line.startswith(RESULT_PREFIX):
-            result: dict[str, Any] = json.loads(line[len(RESULT_PREFIX) :])
-            return result
+    result = result_of(done.stdout)
+    if result is not None:
+        return result
     raise SystemExit(f"the session child failed ({done.returncode}): {done.stderr[-2000:]}")
 
 
-# Helpers of the parent: processes, Daphne, the database.
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def manage(env: dict[str, str], *args: str) -> str:
-    done = subprocess.run(
-        [sys.executable, "manage.py", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"manage.py {' '.join(args)} failed ({done.returncode}): {done.stderr[-2000:]}")
-    return done.stdout
-
-
-def tail(path: str, size: int = 2000) -> str:
-    with open(path, "rb") as handle:
-        data = handle.read()
-    return data[-size:].decode(errors="replace")
-
-
-def status_kb(pid: int, key: str) -> int:
-    """A figure of /proc/PID/status in kB (VmRSS, VmHWM)."""
-    with open(f"/proc/{pid}/status") as handle:
-        for line in handle:
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"no {key} for process {pid}")
+# Helpers of the parent: the server's memory, HTTP, the database.
 
 
 class RssSampler:
@@ -213,7 +188,7 @@ class RssSampler:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.peak_kb = max(self.peak_kb, status_kb(self.pid, "VmRSS"))
+            self.peak_kb = max(self.peak_kb, proc_status(self.pid, "VmRSS"))
             self.samples += 1
             self._stop.wait(RSS_INTERVAL_S)
 
@@ -224,59 +199,7 @@ class RssSampler:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
-        self.peak_kb = max(self.peak_kb, status_kb(self.pid, "VmRSS"))
-
-
-@contextmanager
-def daphne(env: dict[str, str]) -> Iterator[tuple[int, int]]:
-    """A Daphne serving the project on a free port: (port, pid); SIGTERM at the end."""
-    port = free_port()
-    output = tempfile.NamedTemporaryFile(prefix="bench_daphne_", suffix=".log", delete=False)  # noqa: SIM115
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "daphne",
-            "-b",
-            "127.0.0.1",
-            "-p",
-            str(port),
-            "eventbus_project.asgi:application",
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=output,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"daphne exited with {process.returncode}: {tail(output.name)}")
-            try:
-                status, _ = get(port, "/healthz", {})
-                if status == 200:
-                    break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"daphne did not answer /healthz within 60 s: {tail(output.name)}")
-            time.sleep(0.2)
-        log(f"daphne up on port {port}, pid {process.pid}")
-        yield port, process.pid
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                log("daphne did not stop within 30 s of SIGTERM; killed")
-                process.kill()
-                process.wait()
-        if "Traceback" in tail(output.name, 200_000):
-            log(f"daphne's output holds a traceback:\n{tail(output.name)}")
-        output.close()
-        os.unlink(output.name)
+        self.peak_kb = max(self.peak_kb, proc_status(self.pid, "VmRSS"))
 
 
 def get(port: int, path: str, headers: dict[str, str]) -> tuple[int, bytes]:
@@ -287,22 +210,6 @@ def get(port: int, path: str, headers: dict[str, str]) -> tuple[int, bytes]:
         return response.status, response.read()
     finally:
         conn.close()
-
-
-@contextmanager
-def fresh_database(server: str) -> Iterator[str]:
-    """A new empty PostgreSQL database's DATABASE_URL; dropped at the end."""
-    import psycopg
-    from psycopg import sql
-
-    name = f"bench_export_{os.getpid()}"
-    with psycopg.connect(f"{server}/postgres", autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    try:
-        yield f"{server}/{name}"
-    finally:
-        with psycopg.connect(f"{server}/postgres", autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
 def seed(url: str, rows: int) -> float:
@@ -326,17 +233,8 @@ def seed(url: str, rows: int) -> float:
 
 
 def measure_export(port: int, pid: int, token: str, profile: str | None) -> dict[str, Any]:
-    idle_kb = status_kb(pid, "VmRSS")
-    spy: subprocess.Popen[bytes] | None = None
-    if profile:
-        py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-        spy = subprocess.Popen(
-            [py_spy, "record", "--pid", str(pid), "--output", profile, "--threads", "--nonblocking"]
-            + ["--format", {".json": "speedscope", ".txt": "raw"}.get(Path(profile).suffix, "flamegraph")],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        time.sleep(1.0)  # py-spy attaches
+    idle_kb = proc_status(pid, "VmRSS")
+    spy = start_profiler(pid, profile) if profile else None
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
     size = lines = 0
     try:
@@ -361,13 +259,7 @@ def measure_export(port: int, pid: int, token: str, profile: str | None) -> dict
     finally:
         conn.close()
         if spy is not None:
-            spy.send_signal(signal.SIGINT)
-            try:
-                _, err = spy.communicate(timeout=60)
-                log(f"py-spy: {err.decode(errors='replace').strip()[-500:]}")
-            except subprocess.TimeoutExpired:
-                spy.kill()
-                spy.wait()
+            stop_profiler(spy, log, 500)
     return {
         "rows": lines - 1,  # the header
         "bytes": size,
@@ -375,7 +267,7 @@ def measure_export(port: int, pid: int, token: str, profile: str | None) -> dict
         "first_byte_s": first_byte,
         "idle_rss_kb": idle_kb,
         "peak_rss_kb": sampler.peak_kb,
-        "hwm_kb": status_kb(pid, "VmHWM"),
+        "hwm_kb": proc_status(pid, "VmHWM"),
         "samples": sampler.samples,
     }
 
@@ -416,7 +308,7 @@ def median_ms(port: int, path: str, headers: dict[str, str], repeat: int, check:
 
 def run(server: str, rows: int, repeat: int, profile: str | None) -> dict[str, Any]:
     results: dict[str, Any] = {"rows_seeded": rows}
-    with fresh_database(server) as url:
+    with postgres_database(server, f"bench_export_{os.getpid()}") as url:
         env = dict(os.environ, DATABASE_URL=url, EVENTS_LOG_LEVEL="WARNING")
         env.pop("REDIS_URL", None)  # one server process: the in-memory channel layer is enough
         started = time.perf_counter()
@@ -424,14 +316,13 @@ def run(server: str, rows: int, repeat: int, profile: str | None) -> dict[str, A
         log(f"migrated in {time.perf_counter() - started:.1f} s")
         results["seed_s"] = seed(url, rows)
         log(f"seeded {rows:,} events in {results['seed_s']:.1f} s")
-        token = (
-            manage(env, "create_api_token", AUDITOR, "--group", "auditors").strip().splitlines()[-1].strip()
-        )
+        token = api_token(env, AUDITOR, "auditors")
         session = run_session_child(env)
 
         copies = [measure_copy(url)]
         log(f"COPY: {copies[0]['rows']:,} rows in {copies[0]['seconds']:.2f} s")
-        with daphne(env) as (port, pid):
+        with daphne(env, log, probe_timeout_s=60, check_output=log_traceback) as (port, pid):
+            log(f"daphne up on port {port}, pid {pid}")
             results["export"] = measure_export(port, pid, token, profile)
             log(f"export: {results['export']['rows']:,} rows in {results['export']['seconds']:.2f} s")
             cookie = {"Cookie": f"{session['cookie_name']}={session['cookie']}"}
@@ -496,13 +387,6 @@ def report(results: dict[str, Any]) -> float:
     return ratio
 
 
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, not {text}")
-    return value
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--rows", type=positive_int, default=1_000_000, help="events seeded (1,000,000)")
@@ -522,12 +406,8 @@ def main() -> None:
         print(RESULT_PREFIX + json.dumps(session_child()), flush=True)
         return
 
-    import psycopg
-
     server = args.postgres_server.rstrip("/")
-    with psycopg.connect(f"{server}/postgres") as conn:
-        row = conn.execute("SELECT version()").fetchone()
-    pg_version = " ".join(str(row[0] if row else "PostgreSQL ?").split()[:2])
+    pg_version = postgres_version(server)
     print(
         f"Python {platform.python_version()}, django {version('django')}, daphne {version('daphne')}, "
         f"psycopg {version('psycopg')}, {pg_version}; {os.cpu_count()} CPUs; {args.rows:,} events",

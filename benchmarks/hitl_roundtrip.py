@@ -62,27 +62,37 @@ import json
 import os
 import platform
 import resource
-import shutil
-import signal
-import socket
 import sqlite3
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from importlib.metadata import version
-from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
+from _common import (
+    DEFAULT_POSTGRES_SERVER,
+    RESULT_PREFIX,
+    ROOT,
+    api_token,
+    cpu_seconds,
+    daphne,
+    log_traceback,
+    manage,
+    percentile,
+    positive_int,
+    postgres_database,
+    postgres_version,
+    proc_status,
+    result_of,
+    sqlite_file,
+)
+
 sys.path.insert(0, str(ROOT))
 
 DATABASES = ("sqlite", "postgres")
-DEFAULT_POSTGRES_SERVER = "postgres://postgres@127.0.0.1:5432"
-RESULT_PREFIX = "BENCH-RESULT "
 WARMUP_ROUNDS = 10
 WAITER_SETTLE_S = 0.02  # in process: time for a new waiter to load its request and park
 POLL_SETTLE_S = 0.05  # over HTTP: time for a long-poll to reach the server and park
@@ -101,17 +111,6 @@ MB = 1024 * 1024
 
 def log(message: str) -> None:
     print(f"[hitl] {message}", file=sys.stderr, flush=True)
-
-
-def percentile(values: list[float], q: float) -> float:
-    """The q-th percentile (0-100), linear between the closest ranks (numpy's default)."""
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    rank = (len(ordered) - 1) * q / 100
-    low = int(rank)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
 
 
 def summary(values: list[float]) -> dict[str, float]:
@@ -268,29 +267,7 @@ async def in_process(rounds: int, waiters: int) -> dict[str, Any]:
     }
 
 
-# Helpers of the parent: processes, Daphne, the database.
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def manage(env: dict[str, str], *args: str) -> str:
-    done = subprocess.run(
-        [sys.executable, "manage.py", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"manage.py {' '.join(args)} failed ({done.returncode}): {done.stderr[-2000:]}")
-    return done.stdout
-
-
-def tail(path: str, size: int = 2000) -> str:
-    with open(path, "rb") as handle:
-        data = handle.read()
-    return data[-size:].decode(errors="replace")
+# Helpers of the parent: the server's memory and sockets, the database.
 
 
 def rss_bytes(pid: int) -> int:
@@ -301,11 +278,7 @@ def rss_bytes(pid: int) -> int:
         psutil = None
     if psutil is not None:
         return int(psutil.Process(pid).memory_info().rss)
-    with open(f"/proc/{pid}/status") as handle:
-        for line in handle:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(f"no VmRSS for process {pid}")
+    return proc_status(pid, "VmRSS") * 1024
 
 
 def threads_of(pid: int) -> int:
@@ -323,13 +296,6 @@ async def rss_sampled(pid: int, samples: int = 3) -> int:
         values.append(rss_bytes(pid))
         await asyncio.sleep(0.2)
     return max(values)
-
-
-def cpu_seconds(pid: int) -> float:
-    """User plus system CPU time of `pid` so far (/proc/PID/stat)."""
-    with open(f"/proc/{pid}/stat") as handle:
-        fields = handle.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def accepted_connections(pid: int, port: int) -> int:
@@ -357,89 +323,14 @@ def accepted_connections(pid: int, port: int) -> int:
 
 
 @contextmanager
-def daphne(env: dict[str, str]) -> Iterator[tuple[int, int]]:
-    """A Daphne serving the project on a free port: (port, pid); SIGTERM at the end."""
-    port = free_port()
-    output = tempfile.NamedTemporaryFile(prefix="bench_daphne_", suffix=".log", delete=False)  # noqa: SIM115
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "daphne",
-            "-b",
-            "127.0.0.1",
-            "-p",
-            str(port),
-            "eventbus_project.asgi:application",
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=output,
-        stderr=subprocess.STDOUT,
-        preexec_fn=raise_open_files_limit,  # one setrlimit call in the child before exec
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"daphne exited with {process.returncode}: {tail(output.name)}")
-            try:
-                status, _ = request_once(port, "GET", "/healthz")
-                if status == 200:
-                    break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"daphne did not answer /healthz within 60 s: {tail(output.name)}")
-            time.sleep(0.2)
-        log(f"daphne up on port {port}, pid {process.pid}")
-        yield port, process.pid
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)  # a clean stop drains the bus and commits the store
-            try:
-                process.wait(timeout=45)
-            except subprocess.TimeoutExpired:
-                log("daphne did not stop within 45 s of SIGTERM; killed")
-                process.kill()
-                process.wait()
-        if "Traceback" in tail(output.name, 200_000):
-            log(f"daphne's output holds a traceback:\n{tail(output.name)}")
-        output.close()
-        os.unlink(output.name)
-
-
-def request_once(port: int, method: str, path: str) -> tuple[int, bytes]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    try:
-        conn.request(method, path)
-        response = conn.getresponse()
-        return response.status, response.read()
-    finally:
-        conn.close()
-
-
-@contextmanager
 def fresh_database(database: str, server: str) -> Iterator[str]:
     """A new empty database's DATABASE_URL; dropped or removed at the end."""
     if database == "postgres":
-        import psycopg
-        from psycopg import sql
-
-        name = f"bench_hitl_{os.getpid()}"
-        with psycopg.connect(f"{server}/postgres", autocommit=True) as conn:
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-        try:
-            yield f"{server}/{name}"
-        finally:
-            with psycopg.connect(f"{server}/postgres", autocommit=True) as conn:
-                conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        with postgres_database(server, f"bench_hitl_{os.getpid()}") as url:
+            yield url
     else:
-        directory = tempfile.mkdtemp(prefix="bench_hitl_")
-        try:
-            yield f"sqlite:///{os.path.join(directory, 'bench.sqlite3')}"
-        finally:
-            shutil.rmtree(directory, ignore_errors=True)
+        with sqlite_file("bench_hitl_") as path:
+            yield f"sqlite:///{path}"
 
 
 def run_in_process(env: dict[str, str], rounds: int, waiters: int) -> dict[str, Any]:
@@ -452,10 +343,9 @@ def run_in_process(env: dict[str, str], rounds: int, waiters: int) -> dict[str, 
         if process.poll() is None:
             process.kill()
             process.wait()
-    for line in reversed(stdout.splitlines()):
-        if line.startswith(RESULT_PREFIX):
-            result: dict[str, Any] = json.loads(line[len(RESULT_PREFIX) :])
-            return result
+    result = result_of(stdout)
+    if result is not None:
+        return result
     raise SystemExit(f"the in-process run failed (exit code {process.returncode}); see above")
 
 
@@ -765,8 +655,7 @@ def run(database: str, server: str, rounds: int, waiters: int) -> dict[str, Any]
         log(f"migrated {database} in {time.perf_counter() - started:.1f} s")
 
         tokens = {
-            name: manage(env, "create_api_token", name, "--group", group).strip().splitlines()[-1].strip()
-            for name, group in ((AGENT, "agents"), (OPERATOR, "operators"))
+            name: api_token(env, name, group) for name, group in ((AGENT, "agents"), (OPERATOR, "operators"))
         }
 
         started = time.perf_counter()
@@ -776,7 +665,12 @@ def run(database: str, server: str, rounds: int, waiters: int) -> dict[str, Any]
             f"{results['in_process']['created_s']:.1f} s; {time.perf_counter() - started:.1f} s in all"
         )
 
-        with daphne(env) as (port, pid):
+        # The waiters' sockets: the open files limit raised in Daphne too, by one setrlimit call before exec.
+        served = daphne(
+            env, log, stop_timeout_s=45, preexec_fn=raise_open_files_limit, check_output=log_traceback
+        )
+        with served as (port, pid):
+            log(f"daphne up on port {port}, pid {pid}")
             results["rss_start"] = rss_bytes(pid)
             started = time.perf_counter()
             results["http"] = measure_http(port, tokens[AGENT], tokens[OPERATOR], rounds)
@@ -793,11 +687,7 @@ def run(database: str, server: str, rounds: int, waiters: int) -> dict[str, Any]
 def server_version(database: str, server: str) -> str:
     if database == "sqlite":
         return f"SQLite {sqlite3.sqlite_version}"
-    import psycopg
-
-    with psycopg.connect(f"{server}/postgres") as conn:
-        row = conn.execute("SELECT version()").fetchone()
-    return " ".join(str(row[0] if row else "PostgreSQL ?").split()[:2])
+    return postgres_version(server)
 
 
 def report(results: dict[str, Any], waiters: int) -> float:
@@ -881,13 +771,6 @@ def report(results: dict[str, Any], waiters: int) -> float:
         f"{'met' if per_1000 < 100 else 'MISSED'}"
     )
     return float(remote_p50)
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, not {text}")
-    return value
 
 
 def main() -> None:

@@ -101,27 +101,38 @@ import os
 import platform
 import resource
 import shutil
-import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib.metadata import version
-from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
+from _common import (
+    DEFAULT_POSTGRES_SERVER,
+    RESULT_PREFIX,
+    ROOT,
+    Log,
+    api_token,
+    cpu_seconds,
+    daphne,
+    manage,
+    percentile,
+    positive_int,
+    postgres_database,
+    proc_status,
+    py_spy_path,
+    start_profiler,
+    stop_profiler,
+    tail,
+)
+
 sys.path.insert(0, str(ROOT))
 
-DEFAULT_POSTGRES_SERVER = "postgres://postgres@127.0.0.1:5432"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/7"
 ASGI_APP = "benchmarks._live_bench_asgi:application"
-RESULT_PREFIX = "BENCH-RESULT "
 START_LINE = "BENCH-START"
 LAYERS = ("core", "pubsub")
 AUDITOR, AGENT = "bench-live-auditor", "bench-live-agent"
@@ -134,22 +145,11 @@ BARE_PAD = 330  # characters of padding: a bare frame about the size of the app'
 SLOW_PAD = 16_000
 SLOW_RCVBUF = 4096
 MB = 1024 * 1024
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 GROUPS_USED: list[str] = []  # removed from Redis at the end: a consumer cut off never leaves its group
 
 
 def log(message: str) -> None:
     print(f"[live] {message}", file=sys.stderr, flush=True)
-
-
-def percentile(values: list[float], q: float) -> float:
-    """The q-th percentile (0-100) of sorted `values`, linear between the closest ranks."""
-    if not values:
-        return float("nan")
-    rank = (len(values) - 1) * q / 100
-    low = int(rank)
-    high = min(low + 1, len(values) - 1)
-    return values[low] + (values[high] - values[low]) * (rank - low)
 
 
 # The publisher: a child process, so its schedule does not share a loop (or a core) with the clients.
@@ -460,18 +460,8 @@ async def wait_caught_up(ws: Any) -> None:
             raise RuntimeError(f"/ws/events/ refused the client: {message}")
 
 
-def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as handle:
-        fields = handle.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime
-
-
 def rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as handle:
-        for line in handle:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no VmRSS for process {pid}")
+    return proc_status(pid, "VmRSS") / 1024
 
 
 def own_cpu_seconds() -> float:
@@ -544,7 +534,7 @@ async def measure_path(
     clients = [Client(kind, run, count) for _ in sockets]
     readers = [asyncio.create_task(read_all(ws, client)) for ws, client in zip(sockets, clients, strict=True)]
     heard = await server_bus_stats(server) if params["kind"] == "bus" else {}
-    spy = start_profiler(server.pid, profile) if profile else None
+    spy = start_daphne_profiler(server.pid, profile) if profile else None
     marks = {"daphne": cpu_seconds(server.pid), "own": own_cpu_seconds(), "at": time.monotonic()}
 
     def schedule_started() -> None:  # CPU from here: not the child's start-up (Django's set-up)
@@ -556,7 +546,7 @@ async def measure_path(
     elapsed = time.monotonic() - marks["at"]
     daphne_cpu, own_cpu = cpu_seconds(server.pid) - marks["daphne"], own_cpu_seconds() - marks["own"]
     if spy is not None:
-        stop_profiler(spy)
+        stop_profiler(spy, log, 300)
     if heard:
         now = await server_bus_stats(server)
         heard = {key: now.get(key, 0) - heard.get(key, 0) for key in ("received", "commits_received")}
@@ -660,28 +650,11 @@ async def slow_client_check(server: Server, rate: int, seconds: float) -> dict[s
 # Py-spy, for --profile.
 
 
-def start_profiler(pid: int, output: str) -> subprocess.Popen[bytes]:
-    py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+def start_daphne_profiler(pid: int, output: str) -> subprocess.Popen[bytes]:
+    py_spy = py_spy_path()
     if not os.path.exists(py_spy) and not shutil.which(py_spy):
         raise SystemExit("--profile needs py-spy (pip install py-spy)")
-    spy = subprocess.Popen(
-        [py_spy, "record", "--pid", str(pid), "--output", output, "--nonblocking", "--threads"]
-        + ["--format", {".json": "speedscope", ".txt": "raw"}.get(Path(output).suffix, "flamegraph")],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    time.sleep(1.0)  # py-spy attaches
-    return spy
-
-
-def stop_profiler(spy: subprocess.Popen[bytes]) -> None:
-    spy.send_signal(signal.SIGINT)
-    try:
-        _, err = spy.communicate(timeout=60)
-        log(f"py-spy: {err.decode(errors='replace').strip()[-300:]}")
-    except subprocess.TimeoutExpired:
-        spy.kill()
-        spy.wait()
+    return start_profiler(pid, output)
 
 
 # Daphne, the database.
@@ -696,89 +669,13 @@ class Server:
     agent_token: str
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def manage(env: dict[str, str], *args: str) -> str:
-    done = subprocess.run(
-        [sys.executable, "manage.py", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"manage.py {' '.join(args)} failed ({done.returncode}): {done.stderr[-2000:]}")
-    return done.stdout
-
-
-def tail(path: str, size: int = 2000) -> str:
-    with open(path, "rb") as handle:
-        data = handle.read()
-    return data[-size:].decode(errors="replace")
-
-
-def healthz(port: int) -> int:
-    import http.client
-
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-    try:
-        conn.request("GET", "/healthz")
-        response = conn.getresponse()
-        response.read()
-        return response.status
-    finally:
-        conn.close()
-
-
-@contextmanager
-def daphne(env: dict[str, str]) -> Iterator[tuple[int, int]]:
-    """A Daphne serving the bench application on a free port: (port, pid); SIGTERM at the end."""
-    port = free_port()
-    output = tempfile.NamedTemporaryFile(prefix="bench_live_daphne_", suffix=".log", delete=False)  # noqa: SIM115
-    process = subprocess.Popen(
-        [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), ASGI_APP],
-        cwd=ROOT,
-        env=env,
-        stdout=output,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"daphne exited with {process.returncode}: {tail(output.name)}")
-            try:
-                if healthz(port) == 200:
-                    break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"daphne did not answer /healthz within 60 s: {tail(output.name)}")
-            time.sleep(0.2)
-        log(f"daphne ({env['REDIS_CHANNEL_LAYER']} layer) up on port {port}, pid {process.pid}")
-        yield port, process.pid
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                log("daphne did not stop within 30 s of SIGTERM; killed")
-                process.kill()
-                process.wait()
-        report_tracebacks(tail(output.name, 100_000_000))
-        output.close()
-        os.unlink(output.name)
-
-
-def report_tracebacks(output: str) -> None:
-    """Log Daphne's tracebacks, except the expected one: a bare consumer sending to a client that left.
+def report_tracebacks(path: str, log: Log) -> None:
+    """Log the tracebacks in Daphne's output at `path`, but for the expected one: a send to a client gone.
 
     The bare consumer has no guard for it: when the clients hang up with messages still queued for them
     (a layer that fell behind), each send after the close raises in Daphne and is logged there.
     """
-    chunks = output.split("Traceback (most recent call last):")[1:]
+    chunks = tail(path, 100_000_000).split("Traceback (most recent call last):")[1:]
     expected = [chunk for chunk in chunks if "Attempt to send on a closed protocol" in chunk[:3000]]
     if expected:
         log(f"daphne: {len(expected)} sends to clients already gone (bare consumers with a backlog)")
@@ -786,22 +683,6 @@ def report_tracebacks(output: str) -> None:
         if chunk not in expected:
             log(f"daphne's output holds a traceback:\n{chunk[:3000]}")
             return
-
-
-@contextmanager
-def fresh_database(server: str) -> Iterator[str]:
-    """A new empty PostgreSQL database's DATABASE_URL; dropped at the end."""
-    import psycopg
-    from psycopg import sql
-
-    name = f"bench_live_{os.getpid()}"
-    with psycopg.connect(f"{server}/postgres", autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    try:
-        yield f"{server}/{name}"
-    finally:
-        with psycopg.connect(f"{server}/postgres", autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
 def forget_groups(redis_url: str) -> None:
@@ -814,10 +695,6 @@ def forget_groups(redis_url: str) -> None:
             client.delete(*(f"asgi:group:{group}" for group in GROUPS_USED))
     finally:
         client.close()
-
-
-def token(env: dict[str, str], username: str, group: str) -> str:
-    return manage(env, "create_api_token", username, "--group", group).strip().splitlines()[-1].strip()
 
 
 async def measure_layer(server: Server, args: argparse.Namespace, main: bool) -> dict[str, Any]:
@@ -853,7 +730,7 @@ async def measure_layer(server: Server, args: argparse.Namespace, main: bool) ->
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     results: dict[str, Any] = {}
-    with fresh_database(args.postgres_server) as url:
+    with postgres_database(args.postgres_server, f"bench_live_{os.getpid()}") as url:
         # The server and every publisher child: one database, one Redis, one bus channel of this run's own
         # (Pub/Sub channels ignore the database number).
         env = dict(
@@ -866,12 +743,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         )
         started = time.perf_counter()
         manage(env, "migrate", "--noinput", "-v0")
-        auditor, agent = token(env, AUDITOR, "auditors"), token(env, AGENT, "agents")
+        auditor, agent = api_token(env, AUDITOR, "auditors"), api_token(env, AGENT, "agents")
         log(f"database migrated, tokens made in {time.perf_counter() - started:.1f} s")
         for layer in [args.main_layer, *(other for other in LAYERS if other != args.main_layer)]:
             layer_env = dict(env, REDIS_CHANNEL_LAYER=layer)
             try:
-                with daphne(layer_env) as (port, pid):
+                served = daphne(
+                    layer_env,
+                    log,
+                    app=ASGI_APP,
+                    log_prefix="bench_live_daphne_",
+                    probe_timeout_s=5,
+                    check_output=report_tracebacks,
+                )
+                with served as (port, pid):
+                    log(f"daphne ({layer} layer) up on port {port}, pid {pid}")
                     server = Server(port, pid, layer_env, auditor, agent)
                     results[layer] = asyncio.run(measure_layer(server, args, layer == args.main_layer))
             finally:
@@ -972,13 +858,6 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> float:
     print(f"  app/bare deliveries/s {ratio:.2f} (goal >= {GOAL_RATIO}): {met}")
     print(f"  app p99 {p99:.1f} ms (goal < {GOAL_P99_MS:.0f} ms): {'met' if p99 < GOAL_P99_MS else 'MISSED'}")
     return ratio
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, not {text}")
-    return value
 
 
 def non_negative(kind: Any) -> Any:

@@ -47,27 +47,33 @@ import json
 import os
 import platform
 import re
-import shutil
-import signal
-import socket
 import sqlite3
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from functools import partial
 from importlib.metadata import version
-from pathlib import Path
 from typing import Any
 
 import psycopg
-from psycopg import sql
+from _common import (
+    DEFAULT_POSTGRES_SERVER,
+    RESULT_PREFIX,
+    ROOT,
+    api_token,
+    daphne,
+    drop_postgres,
+    positive_int,
+    postgres_database,
+    result_of,
+    sqlite_file,
+)
 
-ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 # Plain classes, no Django settings needed; whatever touches models is imported once they are chosen.
@@ -81,8 +87,6 @@ from events.event_types import EventType  # noqa: E402
 from events.tool_events import ToolExecutionCompletedEvent, ToolExecutionRequestedEvent  # noqa: E402
 
 DATABASES = ("postgres", "sqlite")
-DEFAULT_POSTGRES_SERVER = "postgres://postgres@127.0.0.1:5432"
-RESULT_PREFIX = "BENCH-RESULT "
 API_BATCH = 500
 API_CLIENTS = 2
 SKIPPED_API = "skipped: ingestion API not present yet"
@@ -387,91 +391,6 @@ def api_missing() -> str | None:
     return None
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def manage(*args: str) -> str:
-    done = subprocess.run(
-        [sys.executable, "manage.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=60
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"manage.py {' '.join(args)} failed ({done.returncode}): {done.stderr[-2000:]}")
-    return done.stdout
-
-
-@contextmanager
-def daphne(database: str) -> Iterator[int]:
-    """A Daphne serving the project on a free port, with this process's DATABASE_URL; SIGTERM at the end."""
-    port = free_port()
-    output = tempfile.NamedTemporaryFile(prefix="bench_daphne_", suffix=".log", delete=False)  # noqa: SIM115
-    env = dict(os.environ, EVENTS_LOG_LEVEL="WARNING")
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "daphne",
-            "-b",
-            "127.0.0.1",
-            "-p",
-            str(port),
-            "eventbus_project.asgi:application",
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=output,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"daphne exited with {process.returncode}: {tail(output.name)}")
-            try:
-                status, _ = request(port, "GET", "/healthz", None, {})
-                if status == 200:
-                    break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"daphne did not answer /healthz within 60 s: {tail(output.name)}")
-            time.sleep(0.2)
-        log(database, f"daphne up on port {port}")
-        yield port
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)  # a clean stop drains the bus and commits the store
-            try:
-                process.wait(timeout=45)
-            except subprocess.TimeoutExpired:
-                log(database, "daphne did not stop within 45 s of SIGTERM; killed")
-                process.kill()
-                process.wait()
-        output.close()
-        os.unlink(output.name)
-
-
-def tail(path: str, size: int = 2000) -> str:
-    with open(path, "rb") as handle:
-        data = handle.read()
-    return data[-size:].decode(errors="replace")
-
-
-def request(
-    port: int, method: str, path: str, body: bytes | None, headers: dict[str, str]
-) -> tuple[int, bytes]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    try:
-        conn.request(method, path, body=body, headers=headers)
-        response = conn.getresponse()
-        return response.status, response.read()
-    finally:
-        conn.close()
-
-
 def measure_api(database: str, count: int) -> dict[str, Any]:
     from events.models import StoredEvent
 
@@ -480,7 +399,7 @@ def measure_api(database: str, count: int) -> dict[str, Any]:
         log(database, f"{SKIPPED_API} ({missing})")
         return {"status": "skipped", "reason": missing}
     # The command sets up the group (and its permission to publish) when it is missing.
-    token = manage("create_api_token", "bench-agent", "--group", "agents").strip().splitlines()[-1].strip()
+    token = api_token(None, "bench-agent", "agents", timeout_s=60)
     events = build_events(count, tag="-api")
     bodies = [
         (
@@ -491,7 +410,10 @@ def measure_api(database: str, count: int) -> dict[str, Any]:
     ]
     headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
     before = StoredEvent.objects.count()
-    with daphne(database) as port:
+    # This process's DATABASE_URL (the child's) goes to Daphne with the environment.
+    env = dict(os.environ, EVENTS_LOG_LEVEL="WARNING")
+    with daphne(env, partial(log, database), stop_timeout_s=45) as (port, _pid):
+        log(database, f"daphne up on port {port}")
         batches = iter(bodies)
         lock = threading.Lock()
         accepted = [0] * API_CLIENTS
@@ -558,25 +480,11 @@ def measure_api(database: str, count: int) -> dict[str, Any]:
 def fresh_database(database: str, server: str) -> Iterator[tuple[str, str]]:
     """A new empty database: (DATABASE_URL, psycopg DSN or SQLite path); dropped or removed at the end."""
     if database == "postgres":
-        name = f"bench_store_{os.getpid()}"
-        with psycopg.connect(f"{server}/postgres", autocommit=True) as conn:
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-        try:
-            yield f"{server}/{name}", f"{server}/{name}"
-        finally:
-            drop_postgres(server, name)
+        with postgres_database(server, f"bench_store_{os.getpid()}") as url:
+            yield url, url
     else:
-        directory = tempfile.mkdtemp(prefix="bench_store_")
-        path = os.path.join(directory, "bench.sqlite3")
-        try:
+        with sqlite_file("bench_store_") as path:
             yield f"sqlite:///{path}", path
-        finally:
-            shutil.rmtree(directory, ignore_errors=True)
-
-
-def drop_postgres(server: str, name: str) -> None:
-    with psycopg.connect(f"{server}/postgres", autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
 def child(database: str, count: int, server: str) -> dict[str, Any]:
@@ -642,18 +550,10 @@ def run_child(database: str, count: int, server: str) -> dict[str, Any]:
         if database == "postgres":
             # The child drops its database in a finally; this catches a child that was killed.
             drop_postgres(server, f"bench_store_{process.pid}")
-    for line in reversed(stdout.splitlines()):
-        if line.startswith(RESULT_PREFIX):
-            result: dict[str, Any] = json.loads(line[len(RESULT_PREFIX) :])
-            return result
+    result = result_of(stdout)
+    if result is not None:
+        return result
     raise SystemExit(f"the {database} run failed (exit code {process.returncode}); see above")
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, not {text}")
-    return value
 
 
 def rate(count: int, seconds: float) -> float:
