@@ -361,8 +361,12 @@ class BaseEvent:
         try:
             return BaseEvent.from_dict(payload)
         except (TypeError, ValueError):
-            if not isinstance(payload, Mapping) or not isinstance(payload.get("event_type"), str):
-                raise
+            if (
+                not isinstance(payload, Mapping)
+                or not isinstance(payload.get("event_type"), str)
+                or set(payload) - set(EVENT_KEYS) - STORED_ONLY_KEYS
+            ):
+                raise  # not the data's fault: no event at all, or fields no event has
             data = payload.get("data")
             if data is not None and not isinstance(data, dict):
                 raise

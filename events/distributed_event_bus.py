@@ -628,7 +628,9 @@ class DistributedEventBus(EventBus):
             self._duplicates += 1
             return
         try:
-            event = BaseEvent.from_dict(payload)
+            # Lenient: an event published as a plain BaseEvent under a typed name is delivered here as it
+            # was there, rather than refused by its typed class.
+            event = BaseEvent.from_dict_lenient(payload)
         except (TypeError, ValueError) as error:
             self._reject(f"a bad event ({error})", payload)
             return
