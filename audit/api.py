@@ -27,6 +27,7 @@ from events.filters import (
     filtered,
     validated_filters,
 )
+from events.live import live_feed
 from events.permissions import HasMethodPermission
 from events.serializers import ErrorSerializer, StoredEventOutSerializer
 
@@ -223,6 +224,15 @@ class StoreStatsSerializer(serializers.Serializer):
     last_batch_ms = serializers.FloatField()
 
 
+class LiveStatsSerializer(serializers.Serializer):
+    """This process's live feed (the WebSockets /ws/events/ and /ws/hitl/)."""
+
+    connections = serializers.IntegerField(help_text="Connections following the feed.")
+    position = serializers.IntegerField(allow_null=True, help_text="The last position handed out.")
+    dispatched = serializers.IntegerField(help_text="Stored events handed out.")
+    overflows = serializers.IntegerField(help_text="Connections that fell behind and were sent a gap.")
+
+
 class StatsSerializer(serializers.Serializer):
     """The bus statistics (`event_bus.get_stats()`) of the answering process, its store, and approvals."""
 
@@ -244,6 +254,7 @@ class StatsSerializer(serializers.Serializer):
     middleware = serializers.IntegerField(help_text="How many bus middleware are installed.")
     store = StoreStatsSerializer()
     pending_approvals = serializers.IntegerField(help_text="Approval requests waiting for a decision.")
+    live = LiveStatsSerializer()
     distributed = serializers.DictField(
         required=False,
         help_text="With REDIS_URL, the distributed bus's relay: connected, channel, sent, received, "
@@ -283,7 +294,8 @@ class StatsView(AsyncAPIView):
         summary="Bus statistics",
         description=(
             "`event_bus.get_stats()` of the answering server process at the top level, its event store's "
-            "writer under `store`, and the number of approval requests waiting (from the database)."
+            "writer under `store`, its live feed under `live`, with Redis its distributed bus's relay under "
+            "`distributed`, and the number of approval requests waiting (from the database)."
         ),
         responses={200: StatsSerializer, **_METRICS_ERRORS},
         tags=["metrics"],
@@ -292,7 +304,12 @@ class StatsView(AsyncAPIView):
         """The statistics as JSON."""
         pending = await off_shared_thread(pending_approvals)()
         return Response(
-            {**event_bus.get_stats(), "store": event_store.get_stats(), "pending_approvals": pending}
+            {
+                **event_bus.get_stats(),
+                "store": event_store.get_stats(),
+                "live": live_feed.get_stats(),
+                "pending_approvals": pending,
+            }
         )
 
 

@@ -34,6 +34,7 @@ from django.http import HttpRequest, HttpResponseBase
 from events.event_bus import event_bus
 from events.event_store import event_store
 from events.event_types import EventType
+from events.live import live_feed
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 PREFIX = "eventbus"
@@ -323,6 +324,52 @@ def store_families(stats: dict[str, Any], events_stored: int) -> Iterator[Family
     )
 
 
+def live_families(stats: dict[str, Any]) -> Iterator[Family]:
+    """The live feed of this process (WebSocket connections on /ws/events/ and /ws/hitl/)."""
+    yield _gauge(
+        "live_connections", "WebSocket connections following this process's live feed.", stats["connections"]
+    )
+    yield _counter(
+        "live_events_dispatched_total",
+        "Stored events this process's live feed handed out.",
+        stats["dispatched"],
+    )
+    yield _counter(
+        "live_queue_overflows_total",
+        "Connections that fell behind and were sent a gap (or, on /ws/hitl/, a fresh snapshot).",
+        stats["overflows"],
+    )
+
+
+def distributed_families(stats: dict[str, Any]) -> Iterator[Family]:
+    """The distributed bus's relay over Redis, when REDIS_URL makes the bus distributed."""
+    relay = stats.get("distributed")
+    if not relay or not relay.get("enabled"):
+        return
+    yield _gauge(
+        "redis_connected",
+        "1 while the bus's relay is subscribed and publishing to Redis.",
+        int(relay["connected"]),
+    )
+    yield (
+        Family(
+            f"{PREFIX}_redis_events_total", "counter", "Events relayed over Redis, by direction and outcome."
+        )
+        .add(relay["sent"], direction="sent")
+        .add(relay["received"], direction="received")
+        .add(relay["duplicates"], direction="duplicate")
+        .add(relay["dropped"], direction="dropped")
+        .add(relay["invalid_messages"], direction="invalid")
+    )
+    yield _counter(
+        "redis_publish_failures_total",
+        "Batches the relay failed to send to Redis.",
+        relay["publish_failures"],
+    )
+    yield _counter("redis_reconnects_total", "Times the relay reconnected to Redis.", relay["reconnects"])
+    yield _gauge("redis_outbox", "Events waiting to be sent to Redis.", relay["outbox"])
+
+
 def approval_family(counts: dict[str, int]) -> Family:
     """Approval requests by status."""
     family = Family(f"{PREFIX}_approval_requests", "gauge", "Approval requests by status.")
@@ -333,8 +380,11 @@ def approval_family(counts: dict[str, int]) -> Family:
 
 def exposition(figures: dict[str, Any]) -> str:
     """The whole /metrics body, from the database figures and this process's counters."""
+    stats = dict(event_bus.get_stats())
     families: list[Family] = [
-        *bus_families(dict(event_bus.get_stats())),
+        *bus_families(stats),
+        *distributed_families(stats),
+        *live_families(live_feed.get_stats()),
         *store_families(event_store.get_stats(), figures["events_stored"]),
         approval_family(figures["approvals"]),
         request_latencies.family(),

@@ -96,6 +96,7 @@ class Listener:
         if len(self.queue) >= self.queue_size:
             self.queue.clear()
             self.overflowed = True
+            live_feed.overflows += 1
         else:
             self.queue.append((event, frame))
         self.ready.set()
@@ -120,6 +121,7 @@ class LiveFeed:
         self._position: int | None = None
         self._started: asyncio.Future[int] | None = None
         self.dispatched = 0
+        self.overflows = 0
 
     @property
     def position(self) -> int | None:
@@ -128,6 +130,15 @@ class LiveFeed:
 
     def __len__(self) -> int:
         return len(self._listeners)
+
+    def get_stats(self) -> dict[str, Any]:
+        """This process's feed: connections following it, events handed out, queues that overflowed."""
+        return {
+            "connections": len(self._listeners),
+            "position": self._position,
+            "dispatched": self.dispatched,
+            "overflows": self.overflows,
+        }
 
     async def register(self, listener: Listener) -> int:
         """Add `listener`; every event after the returned position will be offered to it."""

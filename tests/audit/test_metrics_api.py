@@ -24,6 +24,7 @@ from events.agent_events import AgentProcessingCompletedEvent, AgentSwitchedEven
 from events.base import BaseEvent
 from events.event_bus import event_bus
 from events.event_store import event_store
+from events.live import live_feed
 from events.models import StoredEvent
 from events.services import api_token_issue
 from events.session_events import SessionCreatedEvent
@@ -207,7 +208,8 @@ def test_stats_give_the_bus_statistics_with_the_store_and_pending_approvals(toke
     assert response.status_code == 200
     body = response.json()
     # With Redis, the distributed bus adds its relay's figures.
-    assert set(body) - {"distributed"} == BUS_KEYS | {"store", "pending_approvals"}
+    assert set(body) - {"distributed"} == BUS_KEYS | {"store", "live", "pending_approvals"}
+    assert set(body["live"]) == {"connections", "position", "dispatched", "overflows"}
     assert ("distributed" in body) == bool(settings.REDIS_URL)
     assert set(body["store"]) == STORE_KEYS
     published = body["total_published"]
@@ -295,6 +297,12 @@ def test_prometheus_text_carries_bus_store_approvals_and_latencies():
         "cancelled": 0,
     }
     assert families["eventbus_http_request_duration_seconds"]["type"] == "histogram"
+    assert families["eventbus_live_connections"]["type"] == "gauge"
+    assert sample(families, "eventbus_live_queue_overflows_total") == live_feed.overflows
+    # The relay's figures exist exactly when the bus is distributed (REDIS_URL).
+    assert ("eventbus_redis_connected" in families) == bool(settings.REDIS_URL)
+    if settings.REDIS_URL:
+        assert sample(families, "eventbus_redis_events_total", direction="sent") >= 0
 
 
 def histogram(families: dict, **labels: str) -> tuple[list[tuple[str, float]], float, float]:

@@ -225,6 +225,7 @@ async def test_a_slow_client_gets_a_gap_and_resumes_from_it(auditor, monkeypatch
     caught = json.loads(await ws.receive_from(5))
     listener = next(iter(live_feed._listeners))
     listener.queue_size = 5
+    overflows = live_feed.get_stats()["overflows"]
     ids = await publish(12)
     for _ in range(50):
         if listener.overflowed:
@@ -232,6 +233,7 @@ async def test_a_slow_client_gets_a_gap_and_resumes_from_it(auditor, monkeypatch
         await asyncio.sleep(0.05)
     assert listener.overflowed
     assert len(listener.queue) == 0  # what it held is let go: memory stays bounded
+    assert live_feed.get_stats()["overflows"] == overflows + 1  # and operators can see it (/metrics)
     stalled = False
     gap = await receive_until(ws, lambda m: m["type"] == "gap")
     sent = [m["event"]["event_id"] for m in gap if m["type"] == "event"]
