@@ -142,28 +142,27 @@ def client_for(user, **kwargs) -> Client:
     return client
 
 
+def staff_in(django_user_model, username: str, group: str):
+    """A staff account (it signs in through the admin's login) in one of the roles' groups."""
+    roles_setup()
+    user = django_user_model.objects.create_user(username, password="pw", is_staff=True)
+    user.groups.add(Group.objects.get(name=group))
+    return user
+
+
 @pytest.fixture
 def operator(django_user_model):
-    roles_setup()
-    user = django_user_model.objects.create_user("olga", password="pw", is_staff=True)
-    user.groups.add(Group.objects.get(name=OPERATORS))
-    return user
+    return staff_in(django_user_model, "olga", OPERATORS)
 
 
 @pytest.fixture
 def bob(django_user_model):
-    roles_setup()
-    user = django_user_model.objects.create_user("bob", password="pw", is_staff=True)
-    user.groups.add(Group.objects.get(name=OPERATORS))
-    return user
+    return staff_in(django_user_model, "bob", OPERATORS)
 
 
 @pytest.fixture
 def auditor(django_user_model):
-    roles_setup()
-    user = django_user_model.objects.create_user("audrey", password="pw", is_staff=True)
-    user.groups.add(Group.objects.get(name=AUDITORS))
-    return user
+    return staff_in(django_user_model, "audrey", AUDITORS)
 
 
 @pytest.fixture
