@@ -135,6 +135,7 @@ INSTALLED_APPS = [
     "django_filters",
     "drf_spectacular",
     "channels",
+    "core",
     "events",
     "audit",
     "hitl",
@@ -225,6 +226,9 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Events, audit trail and human approval of AI agents' tool calls.",
     "VERSION": "0.1.0",
 }
+
+# The JSON entrance (core.json_input): how deeply any JSON the server takes may nest.
+JSON_MAX_DEPTH = int(env_number("JSON_MAX_DEPTH", 64, minimum=2))
 
 # POST /api/events/ refuses bodies larger than this (413) before reading them; events.conf reads it.
 EVENTS_MAX_BODY_BYTES = int(env_number("EVENTS_MAX_BODY_BYTES", 8 * 1024 * 1024, minimum=1))
