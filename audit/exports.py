@@ -33,7 +33,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from django.db import connection
-from django.db.models import QuerySet
+from django.db.models import OuterRef, QuerySet, Subquery
 from django.db.models.expressions import RawSQL
 
 from eventbus_project.async_views import off_shared_thread
@@ -48,6 +48,9 @@ EXPORT_PAGE_SIZE = 10_000
 ENCODE_SLICE = 1_000
 # The keys of each row, in the contract's order: the event's, then `position`.
 COLUMNS = CONTRACT_FIELDS
+# With audit_only, each row is an audit entry: the same keys (`causation_id` and `version` from the
+# stored event, null once it is purged and for purge checkpoints), then its place in the chain.
+AUDIT_COLUMNS = (*COLUMNS, "entry_id", "kind", "actor", "prev_hash", "hash")
 
 Row = tuple[Any, ...]  # a values_list row: COLUMNS, or (on PostgreSQL) head, data, tail and position
 
@@ -131,6 +134,77 @@ def _csv_page(rows: Sequence[Row], first: bool) -> str:
             position,
         ) in rows
     )
+
+
+# An audit entry row, as read: AUDIT_COLUMNS, but `position` last (where encode() looks for it).
+_AUDIT_READ = (*COLUMNS[:-1], "id", "kind", "actor", "prev_hash", "hash", "position")
+
+
+def _audit_dicts(rows: Sequence[Row]) -> list[dict[str, Any]]:
+    fmt = format_timestamp
+    return [
+        {
+            "event_id": None if event_id is None else str(event_id),
+            "event_type": event_type,
+            "event_category": event_category,
+            "timestamp": fmt(timestamp),
+            "session_id": session_id,
+            "correlation_id": correlation_id,
+            "causation_id": causation_id,
+            "data": data,
+            "source": source,
+            "version": version,
+            "position": position,
+            "entry_id": entry_id,
+            "kind": kind,
+            "actor": actor,
+            "prev_hash": prev_hash,
+            "hash": hash_,
+        }
+        for (
+            event_id,
+            event_type,
+            event_category,
+            timestamp,
+            session_id,
+            correlation_id,
+            causation_id,
+            data,
+            source,
+            version,
+            entry_id,
+            kind,
+            actor,
+            prev_hash,
+            hash_,
+            position,
+        ) in rows
+    ]
+
+
+def _audit_csv_page(rows: Sequence[Row], first: bool) -> str:
+    dumps = _compact_json
+    null = _NULL
+    return _csv_text(
+        [null if value is None else (dumps(value) if key == "data" else value) for key, value in row.items()]
+        for row in _audit_dicts(rows)
+    )
+
+
+def _audit_ndjson_page(rows: Sequence[Row], first: bool) -> str:
+    return _line_safe("".join([_compact_json(entry) + "\n" for entry in _audit_dicts(rows)]))
+
+
+def _audit_json_page(rows: Sequence[Row], first: bool) -> str:
+    text = ",\n".join([_compact_json(entry) for entry in _audit_dicts(rows)])
+    return ("\n" if first else ",\n") + _line_safe(text)
+
+
+_AUDIT_ENCODERS: dict[str, Callable[[Sequence[Row], bool], str]] = {
+    "csv": _audit_csv_page,
+    "ndjson": _audit_ndjson_page,
+    "json": _audit_json_page,
+}
 
 
 def _line_safe(text: str) -> str:
@@ -331,13 +405,24 @@ class EventExport:
         else:
             self._events = events.values_list(*COLUMNS)
             self._encode_page = export_format.encode_page
-        # With audit_only, the same filters select audit entries (they have the same columns), read by
-        # their id; each page's events are then fetched by primary key.
-        self._entries: QuerySet[AuditEntry, Row] = filtered(
-            filterset, AuditEntry.objects.filter(kind=AuditEntry.Kind.EVENT)
-        ).values_list("id", "position")
+        # With audit_only, the same filters select audit entries (they have the same columns; purge
+        # checkpoints included, which are links of the chain), read by id and formatted in Python, each
+        # with its hashes; `causation_id` and `version` come from the stored event while it is kept.
+        if audit_only:
+            stored = StoredEvent.objects.filter(position=OuterRef("position"))
+            self._entries: QuerySet[AuditEntry, Row] = (
+                filtered(filterset, AuditEntry.objects.all())
+                .annotate(
+                    causation_id=Subquery(stored.values("causation_id")[:1]),
+                    version=Subquery(stored.values("version")[:1]),
+                )
+                .values_list(*_AUDIT_READ)
+            )
+            self._encode_page = _AUDIT_ENCODERS[export_format.name]
         self._read_up_to: int | None = None  # the keyset: the last position read
         self._last_entry = 0  # with audit_only: the last audit entry read
+        self._last_hash: str | None = None  # with audit_only: the last entry's hash
+        self.signed_head: dict[str, Any] | None = None  # with audit_only, once the last page is read
         self._started = False
         self._finished = False
 
@@ -379,21 +464,35 @@ class EventExport:
             if rows:
                 self._read_up_to = rows[-1][-1]
             return rows, len(rows) < self.page_size
-        entries = list(self._entries.filter(id__gt=self._last_entry).order_by("id")[: self.page_size])
-        if not entries:
-            return [], True
-        self._last_entry = entries[-1][0]
-        positions = [position for _entry, position in entries if position is not None]
-        # Entries follow positions (both are given under the store's writers' lock); sorting keeps the
-        # file in position order regardless. An event purged since its entry was written is left out.
-        rows = list(self._events.filter(position__in=positions).order_by("position"))
-        return rows, len(entries) < self.page_size
+        rows = list(self._entries.filter(id__gt=self._last_entry).order_by("id")[: self.page_size])
+        if rows:
+            self._last_entry = rows[-1][_AUDIT_READ.index("id")]
+            self._last_hash = rows[-1][_AUDIT_READ.index("hash")]
+        last = len(rows) < self.page_size
+        if last and self._last_hash is not None:
+            self.signed_head = self.sign_head()
+        return rows, last
+
+    def sign_head(self) -> dict[str, Any]:
+        """A head of the chain at the last exported entry, signed now (database work)."""
+        from . import signing
+        from .services import chain_count_at
+
+        assert self._last_hash is not None
+        return signing.make_head(self._last_entry, self._last_hash, chain_count_at(self._last_entry))
+
+    @property
+    def head_line(self) -> str:
+        """The NDJSON export's last line: `{"signed_head": {...}}` (audit_only, once rows were written)."""
+        return _compact_json({"signed_head": self.signed_head}) + "\n"
 
     def encode(self, rows: Sequence[Row], last: bool) -> list[bytes]:
         """A page read by read_page() as the file's next bytes, in pieces of ENCODE_SLICE rows: what
         encoding holds at once stays small whatever the page size (no database work)."""
         pieces = []
         start = "" if self._started else self.format.start
+        if not self._started and self.audit_only and self.format.name == "csv":
+            start = _csv_text(iter([AUDIT_COLUMNS]))
         self._started = True
         for offset in range(0, len(rows), ENCODE_SLICE):
             part = rows[offset : offset + ENCODE_SLICE]
@@ -404,8 +503,13 @@ class EventExport:
             start = ""
         if last:
             self._finished = True
-        if start or last:
-            pieces.append((start + (self.format.end if last else "")).encode())
+        end = ""
+        if last:
+            end = self.format.end
+            if self.audit_only and self.format.name == "ndjson" and self.signed_head is not None:
+                end = self.head_line + end
+        if start or end:
+            pieces.append((start + end).encode())
         return [piece for piece in pieces if piece]
 
 

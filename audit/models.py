@@ -64,3 +64,35 @@ class MetricCounter(models.Model):
 
     def __str__(self) -> str:
         return f"{self.metric}[{self.key}].{self.field} = {self.value}"
+
+
+class ChainHead(models.Model):
+    """One row (id 1): the chain's newest entry and how many entries the chain has ever had (purged ones
+    included), kept by the writer in the transaction that appends. A convenience for signing heads
+    cheaply; verification never trusts it (it checks witnessed, signed heads against the entries)."""
+
+    id = models.PositiveSmallIntegerField(primary_key=True, default=1)
+    entry_id = models.BigIntegerField(null=True, blank=True)
+    hash = models.CharField(max_length=64, default=GENESIS_HASH)
+    count = models.BigIntegerField(default=0)
+
+    class Meta:
+        verbose_name = "audit chain head"
+
+    def __str__(self) -> str:
+        return f"#{self.entry_id} ({self.count} entries)"
+
+
+class KeyRotation(models.Model):
+    """A statement that the audit signing key changed, signed by the new key and by the old one."""
+
+    created_at = models.DateTimeField(auto_now_add=True)
+    old_key_id = models.CharField(max_length=64, db_index=True)
+    new_key_id = models.CharField(max_length=64, db_index=True)
+    record = models.JSONField(help_text="{statement, new_signature, old_signature} (docs/auditors.md).")
+
+    class Meta:
+        ordering = ["id"]
+
+    def __str__(self) -> str:
+        return f"{self.old_key_id[:12]} -> {self.new_key_id[:12]}"

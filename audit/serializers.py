@@ -10,6 +10,12 @@ class VerifyResultSerializer(serializers.Serializer):
     entries = serializers.IntegerField(help_text="Entries checked (all of them when ok).")
     broken_entry = serializers.IntegerField(required=False, help_text="The id of the first entry that fails.")
     reason = serializers.CharField(required=False)
+    witnessed_heads = serializers.IntegerField(
+        required=False, help_text="Signed heads of AUDIT_WITNESS_FILE found in the chain (when it is set)."
+    )
+    signatures_checked = serializers.BooleanField(
+        required=False, help_text="True when a signing key is set: heads and purges were checked with it."
+    )
 
 
 class AuditEntryOutSerializer(serializers.Serializer):

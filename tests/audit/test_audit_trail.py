@@ -20,6 +20,12 @@ from events.models import StoredEvent
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
+@pytest.fixture(autouse=True)
+def _no_retention(settings):
+    # These tests purge days-old events; AUDIT_RETENTION_DAYS is tested in tests/audit/test_evidence.py.
+    settings.AUDIT_RETENTION_DAYS = 0
+
+
 def settle() -> None:
     event_bus.drain_sync(timeout=10)
     event_store.flush_sync(timeout=10)

@@ -1,9 +1,12 @@
 """Export stored events (or the audit trail's alone) as CSV, NDJSON or JSON, to stdout or a file.
 
 The same rows, in the same format, as GET /api/audit/export/ (audit.exports), with a progress line on
-stderr. An interrupted export resumes with --after <the last position written>.
+stderr. An interrupted export resumes with --after <the last position written>. With --audit-only, an
+NDJSON export ends with its signed head; a CSV or JSON one written with --output gets it beside it, in
+`<FILE>.head.json` (what verify_export reads).
 """
 
+import json
 import time
 from pathlib import Path
 from typing import IO, Any
@@ -51,6 +54,11 @@ class Command(BaseCommand):
             try:
                 with path.open("wb") as handle:
                     self.write(export, handle)
+                if export.audit_only and export.format.name != "ndjson" and export.signed_head is not None:
+                    sidecar = path.with_name(path.name + ".head.json")
+                    text = json.dumps({"signed_head": export.signed_head}, separators=(",", ":"))
+                    sidecar.write_text(text + "\n", encoding="utf-8")
+                    self.stderr.write(f"The signed head is in {sidecar}.")
             except OSError as error:
                 raise CommandError(f"cannot write {path}: {error}") from None
         else:

@@ -1,4 +1,9 @@
-"""Retention: delete stored events older than a date, keeping the audit chain verifiable."""
+"""Retention: delete stored events older than a date, keeping the audit chain verifiable.
+
+A date inside the retention (AUDIT_RETENTION_DAYS, 183 by default) is refused. `--scheduled` purges what
+the retention no longer keeps, for cron (docs/auditors.md); every run, even one that deletes nothing, is
+recorded in the audit trail by a (signed, with a key) checkpoint entry.
+"""
 
 from datetime import UTC, datetime, time
 from typing import Any
@@ -6,7 +11,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils.dateparse import parse_date, parse_datetime
 
-from audit.services import AuditError, events_purge
+from audit.services import AuditError, events_purge, retention_cutoff
 from events.event_types import EventCategory
 
 
@@ -30,23 +35,34 @@ class Command(BaseCommand):
     help = (
         "Delete stored events older than --before (of one --category if given). Without a category the "
         "audit entries older than that date that begin the chain go too; a checkpoint entry keeps the chain "
-        "verifiable. Use --dry-run to see the counts first."
+        "verifiable. Use --dry-run to see the counts first. A date inside AUDIT_RETENTION_DAYS is refused; "
+        "--scheduled purges everything older than the retention (for cron)."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("--before", required=True, help="a date or ISO 8601 date-time (UTC)")
+        when = parser.add_mutually_exclusive_group(required=True)
+        when.add_argument("--before", help="a date or ISO 8601 date-time (UTC)")
+        when.add_argument(
+            "--scheduled",
+            action="store_true",
+            help="purge what is older than AUDIT_RETENTION_DAYS (the run is audited even when nothing goes)",
+        )
         parser.add_argument("--category", choices=[c.value for c in EventCategory])
         parser.add_argument("--dry-run", action="store_true", help="count what would go; delete nothing")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        before = parse_moment(options["before"])
+        before = retention_cutoff() if options["scheduled"] else parse_moment(options["before"])
 
         def progress(count: int) -> None:
             self.stderr.write(f"  {count:,} events deleted", ending="\r")
 
         try:
             result = events_purge(
-                before=before, category=options["category"], dry_run=options["dry_run"], progress=progress
+                before=before,
+                category=options["category"],
+                dry_run=options["dry_run"],
+                progress=progress,
+                scheduled=options["scheduled"],
             )
         except AuditError as error:
             raise CommandError(str(error)) from None
