@@ -8,10 +8,10 @@ PORT ?= 8000
 
 .PHONY: install run test lint format bench clean demo
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml client/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,bench]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -e ./client -e '.[dev,bench]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -54,6 +54,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy .
+	cd client && ../$(VENV)/bin/mypy eventbus_client
 
 format: $(STAMP)
 	$(VENV)/bin/ruff check --fix .

@@ -18,6 +18,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from eventbus_project.async_views import AsyncAPIView, off_shared_thread
+from eventbus_project.exceptions import ApplicationError
 from events.event_bus import event_bus
 from events.event_store import event_store
 from events.filters import (
@@ -170,6 +171,131 @@ class AuditVerifyView(AsyncAPIView):
         """The result of the check, 200 whether or not the chain holds."""
         result = await off_shared_thread(audit_verify)()
         return Response(result.as_dict())
+
+
+HEAD_MESSAGE_DOC = (
+    "The signature (standard base64, Ed25519) covers the UTF-8 bytes of the canonical JSON (keys sorted, "
+    'no spaces) of `{"type": "eventbus.audit.head", "entry_id", "hash", "count", "signed_at", "key_id"}`; '
+    "`key_id` is the SHA-256 (hex) of the raw 32-byte public key (GET /api/audit/public-key/). `count` is "
+    "the number of entries the chain has had up to `entry_id`, purged ones included. See docs/auditors.md."
+)
+
+
+class SignedHeadSerializer(serializers.Serializer):
+    entry_id = serializers.IntegerField(allow_null=True, help_text="The newest entry (null: empty trail).")
+    hash = serializers.CharField(help_text="Its hash (64 hex digits).")
+    count = serializers.IntegerField(help_text="Entries the chain has had up to it, purged ones included.")
+    signed_at = serializers.CharField(help_text="When this head was signed (ISO 8601, UTC).")
+    key_id = serializers.CharField(allow_null=True, help_text="SHA-256 of the public key; null: unsigned.")
+    signature = serializers.CharField(allow_null=True, help_text="Ed25519, base64; null: no key set.")
+    signed = serializers.BooleanField(help_text="False when AUDIT_SIGNING_KEY_FILE is not set.")
+
+
+def _head_for(entry_id: str | None) -> dict[str, Any]:
+    from .models import AuditEntry
+    from .services import chain_count_at, current_head
+    from .signing import make_head
+
+    if entry_id is None:
+        return current_head()
+    if not entry_id.isdigit() or len(entry_id) > 19:
+        raise ApplicationError(
+            "entry_id: Enter an entry id (a positive integer).",
+            extra={"errors": [{"field": "entry_id", "message": "Enter a positive integer."}]},
+        )
+    entry = AuditEntry.objects.filter(id=int(entry_id)).values("id", "hash").first()
+    if entry is None:
+        raise ApplicationError(f"No audit entry {entry_id}.", code="not_found", status=404)
+    return make_head(entry["id"], entry["hash"], chain_count_at(entry["id"]))
+
+
+class AuditHeadView(AsyncAPIView):
+    """The chain's newest entry, signed: what an auditor keeps to show later that nothing was cut off."""
+
+    permission_classes = [IsAuthenticated, HasMethodPermission]
+    required_permissions = {"GET": "audit.view_auditentry"}
+
+    @extend_schema(
+        operation_id="audit_head",
+        summary="The signed head of the audit chain",
+        description=(
+            "The newest audit entry's id and hash and the chain's count, signed with the server's key "
+            "(AUDIT_SIGNING_KEY_FILE; without one `signature` and `key_id` are null and `signed` false). "
+            "With `entry_id`, a head signed now for that entry (the last row of a CSV export: save it "
+            "beside the file as `<file>.head.json` for verify_export). " + HEAD_MESSAGE_DOC
+        ),
+        parameters=[
+            OpenApiParameter(
+                "entry_id", OpenApiTypes.INT, description="Sign the head at this entry instead of the newest."
+            )
+        ],
+        responses={200: SignedHeadSerializer, 404: OpenApiResponse(ErrorSerializer), **_READ_ERRORS},
+        tags=["audit"],
+    )
+    async def get(self, request: Request) -> Response:
+        """The signed head."""
+        head = await off_shared_thread(_head_for)(request.query_params.get("entry_id"))
+        return Response({**head, "signed": head["signature"] is not None})
+
+
+class AuditPublicKeyView(AsyncAPIView):
+    """The public half of the audit signing key."""
+
+    permission_classes = [IsAuthenticated, HasMethodPermission]
+    required_permissions = {"GET": "audit.view_auditentry"}
+    content_negotiation_class = FirstRenderer
+
+    @extend_schema(
+        operation_id="audit_public_key",
+        summary="The audit signing key's public key",
+        description=(
+            "The Ed25519 public key (PEM, SubjectPublicKeyInfo) that signs heads and purge permits, as "
+            "`application/x-pem-file`; `X-Audit-Key-Id` is its key id. With `format=json`: "
+            "`{algorithm, key_id, public_key, rotations}`, `rotations` being every key rotation record "
+            "(signed by both keys), so older exports stay verifiable. 404 `no_signing_key` without a key."
+        ),
+        parameters=[OpenApiParameter("format", {"type": "string", "enum": ["pem", "json"]})],
+        responses={
+            (200, "application/x-pem-file"): OpenApiResponse(OpenApiTypes.STR, description="The PEM."),
+            (200, "application/json"): OpenApiResponse(OpenApiTypes.OBJECT, description="format=json"),
+            404: OpenApiResponse(ErrorSerializer, description="No signing key is configured."),
+            **_READ_ERRORS,
+        },
+        tags=["audit"],
+    )
+    async def get(self, request: Request) -> HttpResponse:
+        """The PEM, or the key with its rotations as JSON."""
+        wanted = request.query_params.get("format") or "pem"
+        if wanted not in ("pem", "json"):
+            raise ApplicationError(
+                "format: Choose pem or json.",
+                extra={"errors": [{"field": "format", "message": "Choose pem or json."}]},
+            )
+        key, rotations = await off_shared_thread(_public_key)()
+        if wanted == "json":
+            return Response(
+                {
+                    "algorithm": "Ed25519",
+                    "key_id": key.key_id,
+                    "public_key": key.public_pem,
+                    "rotations": rotations,
+                }
+            )
+        response = HttpResponse(key.public_pem, content_type="application/x-pem-file")
+        response["X-Audit-Key-Id"] = key.key_id
+        return response
+
+
+def _public_key() -> tuple[Any, list[dict[str, Any]]]:
+    from .models import KeyRotation
+    from .signing import signing_key
+
+    key = signing_key()
+    if key is None:
+        raise ApplicationError(
+            "No audit signing key is configured (AUDIT_SIGNING_KEY_FILE).", code="no_signing_key", status=404
+        )
+    return key, list(KeyRotation.objects.order_by("id").values_list("record", flat=True))
 
 
 # Metrics and statistics: operators and auditors read them (both hold events.view_storedevent, agents

@@ -11,9 +11,10 @@ import json
 import logging
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
 
 from django.db import connection, transaction
@@ -24,7 +25,8 @@ from events.bulk import bulk_insert, datetime_adapter
 from events.event_types import EventType
 from events.models import PurgePermit, StoredEvent
 
-from .models import GENESIS_HASH, AuditEntry, MetricCounter
+from . import signing
+from .models import GENESIS_HASH, AuditEntry, ChainHead, KeyRotation, MetricCounter
 from .selectors import AUDIT_ENTRY_FIELDS
 
 logger = logging.getLogger("audit")
@@ -37,13 +39,17 @@ AUDITED_EVENT_TYPES = frozenset(
         EventType.AGENT_ERROR_OCCURRED,
         EventType.TOOL_EXECUTION_FAILED,
         EventType.TOOL_APPROVAL_REQUIRED,
+        EventType.TOOL_APPROVAL_CANCELLED,
         EventType.OPERATOR_SIGNED_IN,
         EventType.OPERATOR_SIGNED_OUT,
         EventType.OPERATOR_SIGN_IN_FAILED,
+        EventType.OPERATOR_LOCKED_OUT,
     }
 )
 HITL_DECISIONS = ("APPROVE", "EDIT", "REJECT")
 PURGE_CHUNK = 10_000
+# EU AI Act article 19: automatically generated logs kept at least six months.
+DEFAULT_RETENTION_DAYS = 183
 
 
 class AuditError(Exception):
@@ -120,7 +126,10 @@ def _last_hash(cursor: CursorWrapper) -> str:
 
 def _append(cursor: CursorWrapper, entries: list[dict[str, Any]], previous: str | None = None) -> None:
     """Chain and insert entries with raw SQL (this runs once per store batch); the caller holds the
-    writers' lock. `previous` starts a new chain from that hash instead of the last entry's."""
+    writers' lock. `previous` starts a new chain from that hash instead of the last entry's.
+
+    Also moves the chain-head row on (the new last entry, the count grown by as many) and, once the
+    transaction commits, has the new head signed and witnessed (audit.signing.entries_committed)."""
     if previous is None:
         previous = _last_hash(cursor)
     postgres = connection.vendor == "postgresql"
@@ -150,6 +159,86 @@ def _append(cursor: CursorWrapper, entries: list[dict[str, Any]], previous: str 
         )
         previous = digest
     bulk_insert(cursor, "audit_auditentry", _ENTRY_COLUMNS, rows)
+    if not rows:
+        return
+    last_id, count = _advance_head(cursor, previous, len(rows))
+    transaction.on_commit(partial(signing.entries_committed, last_id, previous, count))
+
+
+def _advance_head(cursor: CursorWrapper, last_hash: str, appended: int) -> tuple[int, int]:
+    """Point the chain-head row at the entry just appended with `last_hash`: (its id, the chain's count)."""
+    cursor.execute(
+        "UPDATE audit_chainhead SET entry_id = (SELECT id FROM audit_auditentry WHERE hash = %s), "
+        "hash = %s, count = count + %s WHERE id = 1 RETURNING entry_id, count",
+        [last_hash, last_hash, appended],
+    )
+    row = cursor.fetchone()
+    if row is not None:
+        return int(row[0]), int(row[1])
+    # The first append since the table came (or a database restored without it): count once.
+    cursor.execute("SELECT id FROM audit_auditentry WHERE hash = %s", [last_hash])
+    last_id = int(cursor.fetchone()[0])
+    count = _ordinal(last_id)
+    cursor.execute(
+        "INSERT INTO audit_chainhead (id, entry_id, hash, count) VALUES (1, %s, %s, %s)",
+        [last_id, last_hash, count],
+    )
+    return last_id, count
+
+
+def purged_total(checkpoints: list[dict[str, Any]]) -> int:
+    """How many entries purges removed from the chain, from the checkpoints' data (oldest first): the
+    newest checkpoint's running total, or (for checkpoints written before it) the sum of their counts."""
+    for data in reversed(checkpoints):
+        if isinstance(data.get("purged_total"), int):
+            return int(data["purged_total"])
+    return sum(int(data.get("audit_entries_deleted") or 0) for data in checkpoints)
+
+
+def _checkpoint_data() -> list[dict[str, Any]]:
+    return list(
+        AuditEntry.objects.filter(kind=AuditEntry.Kind.CHECKPOINT)
+        .order_by("id")
+        .values_list("data", flat=True)
+    )
+
+
+def _ordinal(entry_id: int) -> int:
+    """The chain's count at entry `entry_id`: the entries up to it, purged ones included."""
+    return AuditEntry.objects.filter(id__lte=entry_id).count() + purged_total(_checkpoint_data())
+
+
+def chain_count_at(entry_id: int) -> int:
+    """The `count` of a head at `entry_id` (an export's last row)."""
+    return _ordinal(entry_id)
+
+
+def current_head() -> dict[str, Any]:
+    """The chain's head, signed (the `GET /api/audit/head/` answer).
+
+    This process's latest signed head when it is still the newest entry; otherwise (nothing signed yet
+    here, or another process appended since) the head read from the database, signed now and witnessed.
+    """
+    last = AuditEntry.objects.order_by("-id").values("id", "hash").first()
+    if last is None:
+        return signing.make_head(None, GENESIS_HASH, purged_total(_checkpoint_data()))
+    latest = signing.publisher.latest()
+    key = signing.signing_key()
+    if (
+        latest is not None
+        and latest["entry_id"] == last["id"]
+        and latest["hash"] == last["hash"]
+        and latest["key_id"] == (key.key_id if key else None)
+    ):
+        return latest
+    row = ChainHead.objects.filter(id=1).values("entry_id", "hash", "count").first()
+    if row is not None and row["entry_id"] == last["id"] and row["hash"] == last["hash"]:
+        count = int(row["count"])
+    else:
+        count = chain_count_at(last["id"])
+    head = signing.make_head(last["id"], last["hash"], count, key)
+    signing.publisher.publish(head)
+    return head
 
 
 def audit_record_events(cursor: CursorWrapper, events: list[BaseEvent]) -> None:
@@ -212,9 +301,12 @@ def _metric_deltas(events: list[BaseEvent]) -> Counter[tuple[str, str, str]]:
 
 def metrics_record_events(cursor: CursorWrapper, events: list[BaseEvent]) -> None:
     """Batch hook of the event store: add the batch's contribution to the metric counters."""
+    from .metrics import bound_metric_keys  # tools and agents per metric: bounded, the rest under "other"
+
     deltas = _metric_deltas(events)
     if not deltas:
         return
+    deltas = bound_metric_keys(cursor, deltas)
     table = MetricCounter._meta.db_table
     cursor.executemany(
         f"INSERT INTO {table} (metric, key, field, value) VALUES (%s, %s, %s, %s) "
@@ -228,18 +320,30 @@ def metrics_record_events(cursor: CursorWrapper, events: list[BaseEvent]) -> Non
 
 @dataclass(frozen=True)
 class VerifyResult:
-    """The outcome of walking the chain: ok, how many entries, and the first broken one."""
+    """The outcome of walking the chain: ok, how many entries, and the first broken one.
+
+    `heads` counts the witnessed heads checked, `signatures` whether signatures were checked (a public
+    key was known), `head` the newest witnessed head found in the chain."""
 
     ok: bool
     entries: int
     broken_entry: int | None = None
     reason: str | None = None
+    heads: int = 0
+    signatures: bool = False
+    warnings: tuple[str, ...] = field(default_factory=tuple)
 
     def as_dict(self) -> dict[str, Any]:
         result: dict[str, Any] = {"ok": self.ok, "entries": self.entries}
+        if self.heads:
+            result["witnessed_heads"] = self.heads
+        if self.signatures:
+            result["signatures_checked"] = True
         if not self.ok:
             result["broken_entry"] = self.broken_entry
             result["reason"] = self.reason
+        if self.warnings:
+            result["warnings"] = list(self.warnings)
         return result
 
 
@@ -258,17 +362,127 @@ def _entries_in_order(chunk: int = 2_000) -> Iterator[dict[str, Any]]:
         last_id = page[-1]["id"]
 
 
-def audit_verify(progress: Callable[[int], None] | None = None) -> VerifyResult:
-    """Walk the chain and recompute every hash; report the first entry that does not hold."""
-    anchors = {
-        (data.get("first_kept_id"), data.get("anchor_hash"))
-        for data in AuditEntry.objects.filter(kind=AuditEntry.Kind.CHECKPOINT).values_list("data", flat=True)
-    }
+@dataclass
+class _Witnessed:
+    hash: str
+    count: int
+    where: str
+    seen: bool = False
+
+
+class WitnessError(AuditError):
+    """A witness file that cannot be read, or a head in it that is not validly signed."""
+
+
+def _configured_public_keys() -> list[Any]:
+    key = signing.signing_key()
+    return [key.public] if key else []
+
+
+def _load_witnesses(
+    paths: Iterable[str],
+) -> tuple[dict[int, list[_Witnessed]], list[dict[str, Any]], int]:
+    """Heads by entry id, the rotation records, and how many heads."""
+    heads: dict[int, list[_Witnessed]] = {}
+    rotations: list[dict[str, Any]] = []
+    total = 0
+    for path in paths:
+        try:
+            for number, value in signing.read_witness(path):
+                if "key_rotation" in value:
+                    rotations.append(value["key_rotation"])
+                    continue
+                head = value.get("signed_head", value)
+                if not isinstance(head, dict) or "hash" not in head or "count" not in head:
+                    raise WitnessError(f"{path} line {number}: neither a signed head nor a key rotation")
+                total += 1
+                if head.get("entry_id") is None:
+                    continue
+                heads.setdefault(int(head["entry_id"]), []).append(
+                    _Witnessed(str(head["hash"]), int(head["count"]), f"{path} line {number}")
+                )
+        except OSError as error:
+            raise WitnessError(f"cannot read the witness file {path}: {error}") from None
+        except (signing.SigningError, ValueError, TypeError) as error:
+            raise WitnessError(str(error)) from None
+    return heads, rotations, total
+
+
+def _check_witness_signatures(paths: Iterable[str], keys: dict[str, Any]) -> None:
+    for path in paths:
+        for number, value in signing.read_witness(path):
+            if "key_rotation" in value:
+                continue
+            head = value.get("signed_head", value)
+            if not signing.head_valid(head, keys):
+                raise WitnessError(
+                    f"{path} line {number}: the head of entry {head.get('entry_id')} is not signed by a "
+                    "trusted key"
+                )
+
+
+def audit_verify(
+    progress: Callable[[int], None] | None = None,
+    *,
+    witness: Iterable[str] | None = None,
+    public_keys: Iterable[Any] | None = None,
+) -> VerifyResult:
+    """Walk the chain and recompute every hash; report the first entry that does not hold.
+
+    `witness`: files of signed heads (AUDIT_WITNESS_FILE when None): each head must still be in the
+    chain (an entry with its id and hash, at its count), unless a purge removed it. `public_keys`
+    (the configured signing key's when None): then every witnessed head, and every purge checkpoint,
+    must carry a valid signature of one of them or of a key a valid rotation links to them.
+    """
+    paths = [
+        str(path) for path in (witness if witness is not None else filter(None, [signing.witness_path()]))
+    ]
+    keys_given = list(public_keys) if public_keys is not None else _configured_public_keys()
+    try:
+        heads, rotations, head_count = _load_witnesses(paths)
+        keys: dict[str, Any] | None = None
+        if keys_given:
+            stored = list(KeyRotation.objects.order_by("id").values_list("record", flat=True))
+            keys = signing.trusted_keys(keys_given, [*stored, *rotations])
+            _check_witness_signatures(paths, keys)
+    except WitnessError as error:
+        return VerifyResult(False, 0, None, str(error), signatures=bool(keys_given))
+    result = _walk(heads, keys, progress)
+    return VerifyResult(
+        result.ok,
+        result.entries,
+        result.broken_entry,
+        result.reason,
+        heads=head_count,
+        signatures=keys is not None,
+        warnings=result.warnings,
+    )
+
+
+def _walk(
+    heads: dict[int, list[_Witnessed]], keys: dict[str, Any] | None, progress: Callable[[int], None] | None
+) -> VerifyResult:
+    checkpoints = list(
+        AuditEntry.objects.filter(kind=AuditEntry.Kind.CHECKPOINT).order_by("id").values_list("id", "data")
+    )
+    anchors = {(data.get("first_kept_id"), data.get("anchor_hash")) for _id, data in checkpoints}
+    purged = purged_total([data for _id, data in checkpoints])
+    permits = PurgePermit.objects.count()
+    if permits:
+        return VerifyResult(
+            False,
+            0,
+            None,
+            f"{permits} purge permit(s) committed in the database: the append-only triggers are open "
+            "(a real purge never commits its permit)",
+        )
     previous: str | None = None
+    first_id: int | None = None
     count = 0
     for entry in _entries_in_order():
         count += 1
         if previous is None:
+            first_id = entry["id"]
             expected_ok = entry["prev_hash"] == GENESIS_HASH or (entry["id"], entry["prev_hash"]) in anchors
             if not expected_ok:
                 return VerifyResult(False, count, entry["id"], "the first entry links to nothing known")
@@ -276,9 +490,48 @@ def audit_verify(progress: Callable[[int], None] | None = None) -> VerifyResult:
             return VerifyResult(False, count, entry["id"], "prev_hash is not the previous entry's hash")
         if chain_hash(entry["prev_hash"], entry) != entry["hash"]:
             return VerifyResult(False, count, entry["id"], "the entry's content does not match its hash")
+        if keys is not None and entry["kind"] == AuditEntry.Kind.CHECKPOINT:
+            if not signing.purge_valid(entry["data"], keys):
+                return VerifyResult(
+                    False, count, entry["id"], "a purge checkpoint without a valid signature of a trusted key"
+                )
+        for witnessed in heads.get(entry["id"], ()):
+            witnessed.seen = True
+            if witnessed.hash != entry["hash"]:
+                return VerifyResult(
+                    False,
+                    count,
+                    entry["id"],
+                    f"the entry no longer has the hash witnessed at {witnessed.where}: it was rewritten",
+                )
+            if witnessed.count != purged + count:
+                return VerifyResult(
+                    False,
+                    count,
+                    entry["id"],
+                    f"the chain has {purged + count} entries up to it, the head witnessed at "
+                    f"{witnessed.where} {witnessed.count}: entries before it were deleted or added",
+                )
         previous = entry["hash"]
         if progress is not None and count % 10_000 == 0:
             progress(count)
+    missing = [
+        (entry_id, witnessed)
+        for entry_id, group in heads.items()
+        for witnessed in group
+        if not witnessed.seen
+        and not (first_id is not None and entry_id < first_id and witnessed.count <= purged)
+        and not (first_id is None and witnessed.count <= purged)
+    ]
+    if missing:
+        entry_id, witnessed = min(missing, key=lambda item: item[0])
+        return VerifyResult(
+            False,
+            count,
+            entry_id,
+            f"the head witnessed at {witnessed.where} (entry {entry_id}, {witnessed.count} entries) is no "
+            "longer in the chain: the newest entries were deleted or rewritten",
+        )
     return VerifyResult(True, count)
 
 
@@ -292,10 +545,28 @@ class PurgeResult:
     dry_run: bool
 
 
+def retention_days() -> float:
+    from django.conf import settings
+
+    return float(getattr(settings, "AUDIT_RETENTION_DAYS", DEFAULT_RETENTION_DAYS))
+
+
+def retention_cutoff(now: datetime | None = None) -> datetime:
+    """The oldest moment the retention keeps: what is older may be purged."""
+    return (now or datetime.now(UTC)) - timedelta(days=retention_days())
+
+
 def _lock_writers() -> None:
     """Take the event store's writers' lock (the position counter row) until this transaction ends."""
     with connection.cursor() as cursor:
         cursor.execute("UPDATE events_positioncounter SET value = value WHERE id = 1")
+
+
+def _permit(reason: str, purge: dict[str, Any]) -> tuple[PurgePermit, dict[str, Any]]:
+    """Open the append-only triggers for this transaction with a signed permit: (the row, its record)."""
+    record = signing.sign_purge(reason[:255], purge)
+    permit = PurgePermit.objects.create(reason=record["reason"], signature=record["signature"] or "")
+    return permit, record
 
 
 def events_purge(
@@ -304,16 +575,27 @@ def events_purge(
     category: str | None = None,
     dry_run: bool = False,
     progress: Callable[[int], None] | None = None,
+    scheduled: bool = False,
 ) -> PurgeResult:
     """Delete stored events older than `before` (of one category, if given) through the sanctioned path.
 
     Without a category, the audit entries older than `before` that begin the chain go too. A checkpoint
-    entry records what went and the hash the remaining chain starts from, so verification still holds.
+    entry records what went and the hash the remaining chain starts from, so verification still holds;
+    it is written even when nothing went (each run is on record). `before` may not be inside the
+    retention (AUDIT_RETENTION_DAYS). With a signing key, each permit is signed, and the checkpoint
+    carries the signed permit of its transaction over everything it records.
     """
     if before.tzinfo is None:
         raise AuditError("before must be a timezone-aware date-time")
-    if before > datetime.now(UTC):
+    now = datetime.now(UTC)
+    if before > now:
         raise AuditError("before is in the future; purging would delete events that have not happened")
+    cutoff = retention_cutoff(now)
+    if before > cutoff:
+        raise AuditError(
+            f"before {format_timestamp(before)} is inside the retention: AUDIT_RETENTION_DAYS="
+            f"{retention_days():g} keeps everything after {format_timestamp(cutoff)}"
+        )
     events = StoredEvent.objects.filter(timestamp__lt=before)
     if category:
         events = events.filter(event_category=category)
@@ -337,7 +619,15 @@ def events_purge(
             positions = list(events.order_by("position").values_list("position", flat=True)[:PURGE_CHUNK])
             if not positions:
                 break
-            permit = PurgePermit.objects.create(reason=f"purge before {format_timestamp(before)}")
+            permit, _record = _permit(
+                f"purge before {format_timestamp(before)}",
+                {
+                    "before": format_timestamp(before),
+                    "category": category,
+                    "positions": [positions[0], positions[-1]],
+                    "events": len(positions),
+                },
+            )
             StoredEvent.objects.filter(position__in=positions).delete()
             permit.delete()
         deleted_events += len(positions)
@@ -347,10 +637,19 @@ def events_purge(
     with transaction.atomic():
         _lock_writers()
         # Read again under the lock: the chain may have grown since.
-        if category:
-            deleted_audit = 0
-            anchor: Any = None
-        else:
+        checkpoints = _checkpoint_data()
+        data: dict[str, Any] = {
+            "before": format_timestamp(before),
+            "category": category,
+            "events_deleted": deleted_events,
+            "audit_entries_deleted": 0,
+        }
+        if scheduled:
+            data["scheduled"] = True
+            data["retention_days"] = retention_days()
+        restart_from: str | None = None
+        doomed = AuditEntry.objects.none()
+        if not category:
             last = AuditEntry.objects.order_by("-id").values("id", "hash").first()
             kept = (
                 AuditEntry.objects.filter(timestamp__gte=before)
@@ -358,32 +657,32 @@ def events_purge(
                 .values("id", "prev_hash")
                 .first()
             )
-            if kept is None and last is not None:
-                # Everything goes: the checkpoint itself becomes the start, chained to the last hash.
-                anchor = None
-            else:
-                anchor = kept
             doomed = AuditEntry.objects.filter(id__lt=kept["id"]) if kept else AuditEntry.objects.all()
-            permit = PurgePermit.objects.create(reason=f"audit purge before {format_timestamp(before)}")
+            expected = doomed.count()
+            data["audit_entries_deleted"] = expected
+            if expected and kept is not None:
+                data["first_kept_id"] = kept["id"]
+                data["anchor_hash"] = kept["prev_hash"]
+            elif expected and last is not None:
+                # Everything goes: the checkpoint itself starts a new chain, recording the hash it ended on.
+                data["anchor_hash"] = last["hash"]
+                restart_from = GENESIS_HASH
+        data["purged_total"] = purged_total(checkpoints) + data["audit_entries_deleted"]
+        permit, record = _permit(f"audit purge before {format_timestamp(before)}", dict(data))
+        deleted_audit = 0
+        if data["audit_entries_deleted"]:
             deleted_audit, _ = doomed.delete()
-            permit.delete()
-        data: dict[str, Any] = {
-            "before": format_timestamp(before),
-            "category": category,
-            "events_deleted": deleted_events,
-            "audit_entries_deleted": deleted_audit,
-        }
-        if anchor is not None and deleted_audit:
-            data["first_kept_id"] = anchor["id"]
-            data["anchor_hash"] = anchor["prev_hash"]
-        now = datetime.now(UTC)
+            if deleted_audit != data["audit_entries_deleted"]:
+                raise AuditError("the audit trail changed under the writers' lock; nothing was purged")
+        permit.delete()
+        data["permit"] = record
         checkpoint: dict[str, Any] = {
             "kind": AuditEntry.Kind.CHECKPOINT,
             "position": None,
             "event_id": None,
             "event_type": str(EventType.AUDIT_PURGED),
             "event_category": "system",
-            "timestamp": now,
+            "timestamp": datetime.now(UTC),
             "session_id": None,
             "correlation_id": None,
             "actor": None,
@@ -391,11 +690,6 @@ def events_purge(
             "source": "purge_events",
         }
         with connection.cursor() as cursor:
-            if anchor is None and deleted_audit:
-                # The whole trail went: the checkpoint starts a new chain, recording the hash it ended on.
-                checkpoint["data"]["anchor_hash"] = last["hash"] if last else GENESIS_HASH
-                _append(cursor, [checkpoint], previous=GENESIS_HASH)
-            else:
-                _append(cursor, [checkpoint])
+            _append(cursor, [checkpoint], previous=restart_from)
     logger.info("purged %d events and %d audit entries before %s", deleted_events, deleted_audit, before)
     return PurgeResult(deleted_events, deleted_audit, False)

@@ -1,8 +1,10 @@
 """The one DRF exception handler: every API error is `{"detail": ..., "code": ...}` with its 4xx status.
 
 Validation errors keep their details as an `errors` list, each item naming its field (or, for a batch,
-its index). Unknown exceptions still reach Django (a 500 with a logged traceback): they are bugs, and
-bad input must never cause one.
+its index). An unreachable database (core.outage.is_outage: a refused or lost connection, the pool's
+timeout), met anywhere in a view, authentication included (DRF authenticates lazily, in `initial()`,
+inside the handler's reach), is 503 `store_unavailable` with Retry-After. Unknown exceptions still
+reach Django (a 500 with a logged traceback): they are bugs, and bad input must never cause one.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from django.core.exceptions import RequestDataTooBig
 from django.http import Http404, UnreadablePostError
 from rest_framework import exceptions
 from rest_framework.response import Response
+
+from core.outage import is_outage, note_outage, retry_after_headers, store_unavailable_body
 
 
 class ApplicationError(Exception):
@@ -50,6 +54,10 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
     from rest_framework.views import exception_handler as drf_exception_handler
     from rest_framework.views import set_rollback
 
+    if is_outage(exc):
+        note_outage(exc, context["request"].path if context.get("request") is not None else "")
+        set_rollback()
+        return Response(store_unavailable_body(), status=503, headers=retry_after_headers())
     if isinstance(exc, ApplicationError):
         set_rollback()
         return Response(

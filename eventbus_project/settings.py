@@ -5,14 +5,43 @@ REDIS_URL     unset: in-memory channel layer, local bus only; set: Redis channel
 REDIS_CHANNEL_LAYER core (default) or pubsub: which channels_redis layer, with REDIS_URL
 EVENT_BUS_REDIS_CHANNEL the Pub/Sub channel of the distributed bus (default eventbus:events)
 LIVE_FEED_QUEUE_SIZE events queued per WebSocket before it gets a "gap" (default 1000)
+EVENT_STATS_MAX_TYPES distinct event types (and tools, agents per metric) counted one by one in the
+              statistics, the rest under "other" (default 1000)
 SECRET_KEY    unset: a random key generated once and kept in var/secret_key
 DEBUG         true/false (default false)
 ALLOWED_HOSTS comma-separated (default 127.0.0.1,localhost)
 METRICS_PUBLIC true/false (default true): whether GET /metrics needs no authentication
+
+HTTPS (production defaults; each setting below can be set on its own and wins over HTTPS):
+HTTPS         true/false: whether browsers reach this server over HTTPS (directly or through a proxy that
+              terminates TLS). Default: true when DEBUG is off and ALLOWED_HOSTS names a host other than
+              this machine's loopback (localhost, 127.0.0.1, ::1); false otherwise, so `make run`, the tests
+              and the benchmarks keep serving plain http on 127.0.0.1. HTTPS=false on a public host name
+              serves plain http there (not for production); HTTPS=true on localhost tries HTTPS locally.
+SECURE_SSL_REDIRECT true/false (default HTTPS): redirect http:// requests to https://
+SECURE_REDIRECT_EXEMPT comma-separated path regexes answered over http too (default ^healthz$,^metrics$:
+              load balancers' probes and scrapers inside the network)
+SECURE_HSTS_SECONDS (default 31536000, one year, with HTTPS; else 0): Strict-Transport-Security max-age
+SECURE_HSTS_INCLUDE_SUBDOMAINS true/false (default HTTPS)
+SECURE_HSTS_PRELOAD true/false (default false: asking browsers to preload the domain is the owner's call)
+SESSION_COOKIE_SECURE, CSRF_COOKIE_SECURE true/false (default HTTPS): cookies sent over HTTPS only
+SECURE_PROXY_SSL_HEADER behind a proxy that terminates TLS: the header and the value meaning https,
+              e.g. HTTP_X_FORWARDED_PROTO,https (default unset). Set it only when the proxy always sets
+              (or strips) that header, or a client could claim https; without it, behind such a proxy,
+              SECURE_SSL_REDIRECT redirects forever. The WebSocket origin check reads it too.
+A deployment's check: DEBUG=false SECRET_KEY=... ALLOWED_HOSTS=example.com SECURE_HSTS_PRELOAD=true
+`manage.py check --deploy` prints no warnings (without SECURE_HSTS_PRELOAD it names that one).
+
+Sign-in lock-out (django-axes, per username; the attempts in axes' own tables, in the admin):
+AXES_FAILURE_LIMIT failed sign-ins of one username that lock it (default 5)
+AXES_COOLOFF_MINUTES how long the lock-out lasts, counted from the failure that reached the limit, and
+              how long failures count towards it (default 15)
 """
 
+import ipaddress
 import os
 import secrets
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -105,11 +134,22 @@ def _database() -> dict[str, Any]:
     elif engine == "django.db.backends.postgresql":
         # A pool rather than a connection per worker-thread call: async views and the long-poll run
         # their queries on worker threads, and a new PostgreSQL connection costs milliseconds.
-        config.setdefault("OPTIONS", {})["pool"] = {
+        # While the database is unreachable, requests must fail fast (503 store_unavailable, core.outage)
+        # and serve again as soon as it is back: a short wait for a connection (the pool's timeout), a
+        # short connect timeout (a host that does not answer), reconnection attempts that give up when a
+        # waiting request does (the pool's backoff would otherwise space them out for minutes; the next
+        # request starts a new one at once), and every connection checked as the pool hands it out
+        # (CONN_HEALTH_CHECKS: a connection the outage broke is replaced, never used).
+        options = config.setdefault("OPTIONS", {})
+        options.setdefault("connect_timeout", int(env_number("DATABASE_CONNECT_TIMEOUT", 2, minimum=2)))
+        pool_timeout = env_number("DATABASE_POOL_TIMEOUT", 2, minimum=0.1)
+        options["pool"] = {
             "min_size": 2,
             "max_size": int(env_number("DATABASE_POOL_SIZE", 20, minimum=1)),
-            "timeout": 10,
+            "timeout": pool_timeout,
+            "reconnect_timeout": pool_timeout,
         }
+        config["CONN_HEALTH_CHECKS"] = True
     else:
         raise ImproperlyConfigured(f"DATABASE_URL names {engine}; use sqlite:// or postgres://")
     return config
@@ -131,9 +171,12 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    "axes",
     "rest_framework",
     "django_filters",
     "drf_spectacular",
+    # Swagger UI's files served by this app (/static/), so /api/docs/ loads nothing from a CDN.
+    "drf_spectacular_sidecar",
     "channels",
     "core",
     "events",
@@ -144,6 +187,8 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     # First, so request latencies (GET /metrics) include every other middleware.
     "audit.metrics.RequestLatencyMiddleware",
+    # A NUL or a lone surrogate in the path or the query string: a 400 before anything queries with it.
+    "core.middleware.URLTextMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -151,6 +196,16 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # An unreachable database met by a view outside DRF: 503 (JSON under /api/), not 500.
+    "core.outage.StoreOutageMiddleware",
+    # Last, as axes asks: turns a refused sign-in of a locked-out username into the lock-out page.
+    "axes.middleware.AxesMiddleware",
+]
+
+# axes' backend first: it refuses a locked-out username before ModelBackend checks the password.
+AUTHENTICATION_BACKENDS = [
+    "eventbus_project.sign_in.SignInLockoutBackend",
+    "django.contrib.auth.backends.ModelBackend",
 ]
 
 ROOT_URLCONF = "eventbus_project.urls"
@@ -219,12 +274,20 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    # Every JSON body through the one entrance (core.json_input): depth, NUL, lone surrogates, NaN.
+    "DEFAULT_PARSER_CLASSES": ["core.parsers.StrictJSONParser"],
     "EXCEPTION_HANDLER": "eventbus_project.exceptions.api_exception_handler",
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "Agent event bus API",
     "DESCRIPTION": "Events, audit trail and human approval of AI agents' tool calls.",
     "VERSION": "0.1.0",
+    # Swagger UI and ReDoc from drf_spectacular_sidecar's static files, not from a CDN.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    # No "valid" badge fetched from validator.swagger.io either (drf-spectacular's default plus this).
+    "SWAGGER_UI_SETTINGS": {"deepLinking": True, "validatorUrl": None},
 }
 
 # The JSON entrance (core.json_input): how deeply any JSON the server takes may nest.
@@ -242,6 +305,68 @@ HITL_SWEEP_INTERVAL_S = env_number("HITL_SWEEP_INTERVAL_S", 1.0, minimum=0.05)
 HITL_RECHECK_INTERVAL_S = env_number("HITL_RECHECK_INTERVAL_S", 10.0, minimum=0.05)
 # JSON Schemas of tools' arguments, checked when an operator edits them: {"tool_name": {...schema...}}.
 HITL_TOOL_SCHEMAS: dict[str, Any] = {}
+# The largest `arguments` (and `modified_args`) an approval request takes, in bytes of compact JSON.
+HITL_MAX_ARGUMENTS_BYTES = int(env_number("HITL_MAX_ARGUMENTS_BYTES", 64 * 1024, minimum=2))
+
+# Evidence (audit.signing, docs/auditors.md): the Ed25519 key (PEM, `manage.py audit_keygen PATH`) that
+# signs the chain's head after each commit and purge permits (none: nothing is signed); the file outside
+# the database each signed head is appended to (one JSON line each); how many days purges must keep.
+AUDIT_SIGNING_KEY_FILE = os.environ.get("AUDIT_SIGNING_KEY_FILE", "").strip() or None
+AUDIT_WITNESS_FILE = os.environ.get("AUDIT_WITNESS_FILE", "").strip() or None
+AUDIT_RETENTION_DAYS = env_number("AUDIT_RETENTION_DAYS", 183, minimum=0)
+
+# Sign-in lock-out (django-axes; CONTRACT.md, "The trust boundary"): AXES_FAILURE_LIMIT failures of one
+# username within AXES_COOLOFF_TIME lock that username, whatever the address, for AXES_COOLOFF_TIME from
+# the failure that reached the limit; attempts refused meanwhile do not extend it (nor are they counted,
+# nor audited: the lock-out is audited once, events.signals.on_locked_out).
+AXES_FAILURE_LIMIT = int(env_number("AXES_FAILURE_LIMIT", 5, minimum=1))
+AXES_COOLOFF_TIME = timedelta(minutes=env_number("AXES_COOLOFF_MINUTES", 15, minimum=0.01))
+AXES_LOCKOUT_PARAMETERS = ["username"]
+# axes.W006 asks for ip_address too, against rotating user agents or cookies, which do not get round a
+# lock-out per username. Per address would lock everyone behind one proxy (or NAT) out together.
+SILENCED_SYSTEM_CHECKS = ["axes.W006"]
+AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT = False
+AXES_LOCKOUT_CALLABLE = "eventbus_project.sign_in.lockout_response"
+
+# HTTPS (see the docstring): production defaults for a deployment, plain http on this machine's loopback.
+_LOOPBACK_NAMES = {"localhost", ".localhost"}
+
+
+def _loopback_only(hosts: list[str]) -> bool:
+    """Whether every allowed host is this machine's loopback (so no browser elsewhere can reach it)."""
+
+    def loopback(host: str) -> bool:
+        if host in _LOOPBACK_NAMES or host.endswith(".localhost"):
+            return True
+        try:
+            return ipaddress.ip_address(host.strip("[]")).is_loopback
+        except ValueError:
+            return False
+
+    return bool(hosts) and all(loopback(host.lower()) for host in hosts)
+
+
+def _proxy_ssl_header() -> tuple[str, str] | None:
+    raw = os.environ.get("SECURE_PROXY_SSL_HEADER", "").strip()
+    if not raw:
+        return None
+    header, _, value = (part.strip() for part in raw.partition(","))
+    if not header.startswith("HTTP_") or not value or "," in value:
+        raise ImproperlyConfigured(
+            f"SECURE_PROXY_SSL_HEADER={raw!r} must be a header and a value, e.g. HTTP_X_FORWARDED_PROTO,https"
+        )
+    return header, value
+
+
+HTTPS = env_bool("HTTPS", not DEBUG and not _loopback_only(ALLOWED_HOSTS))
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", HTTPS)
+SECURE_REDIRECT_EXEMPT = env_list("SECURE_REDIRECT_EXEMPT", r"^healthz$,^metrics$")
+SECURE_HSTS_SECONDS = int(env_number("SECURE_HSTS_SECONDS", 365 * 24 * 3600 if HTTPS else 0))
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", HTTPS)
+SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", False)
+SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", HTTPS)
+CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", HTTPS)
+SECURE_PROXY_SSL_HEADER = _proxy_ssl_header()
 
 # GET /metrics: open to anyone (Prometheus scrapers) or, when false, to operators and auditors only.
 METRICS_PUBLIC = env_bool("METRICS_PUBLIC", True)
@@ -255,6 +380,10 @@ EVENT_BUS = {
     # The Redis Pub/Sub channel the processes of one deployment share (with REDIS_URL).
     "REDIS_CHANNEL": os.environ.get("EVENT_BUS_REDIS_CHANNEL", "").strip() or "eventbus:events",
 }
+
+# Statistics (/api/stats/, /api/metrics/): how many distinct event types, and tools or agents per metric,
+# are counted one by one; the rest count under "other", so made-up names cannot grow them without bound.
+EVENT_STATS_MAX_TYPES = int(env_number("EVENT_STATS_MAX_TYPES", 1000, minimum=1))
 
 # Live feeds (/ws/events/, /ws/hitl/): events queued per connection before it gets a "gap", and how often
 # a process looks for events other processes stored when nothing (Redis) told it.

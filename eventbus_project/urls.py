@@ -5,6 +5,8 @@ from rest_framework.permissions import AllowAny
 
 from audit.api import (
     AuditExportView,
+    AuditHeadView,
+    AuditPublicKeyView,
     AuditTrailView,
     AuditVerifyView,
     MetricsView,
@@ -13,6 +15,7 @@ from audit.api import (
 )
 from events.api import EventDetailView, EventsView
 from events.health import healthz
+from events.otlp import OtlpTracesView
 from hitl.api import ApprovalCancelView, ApprovalDecisionView, ApprovalRequestDetailView, ApprovalRequestsView
 
 urlpatterns = [
@@ -23,10 +26,14 @@ urlpatterns = [
     path("hitl/", include("hitl.urls")),
     path("events/", include("events.urls_pages")),
     path("api/events/", EventsView.as_view(), name="events"),
+    # OpenTelemetry's OTLP/HTTP path: exporters append /v1/traces to their endpoint.
+    path("v1/traces", OtlpTracesView.as_view(), name="otlp-traces"),
     path("api/events/<str:event_id>/", EventDetailView.as_view(), name="event"),
     path("api/audit/", AuditTrailView.as_view(), name="audit"),
     path("api/audit/export/", AuditExportView.as_view(), name="audit-export"),
     path("api/audit/verify/", AuditVerifyView.as_view(), name="audit-verify"),
+    path("api/audit/head/", AuditHeadView.as_view(), name="audit-head"),
+    path("api/audit/public-key/", AuditPublicKeyView.as_view(), name="audit-public-key"),
     path("api/metrics/", MetricsView.as_view(), name="metrics"),
     path("api/stats/", StatsView.as_view(), name="stats"),
     path("api/hitl/requests/", ApprovalRequestsView.as_view(), name="hitl-requests"),

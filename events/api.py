@@ -8,13 +8,9 @@ client that got no answer (a timeout, a 503, a crash of the server) posts the sa
 
 from __future__ import annotations
 
-import asyncio
-import json
 import logging
 from typing import Any
 
-from django.db import DatabaseError
-from django.http import HttpRequest
 from drf_spectacular.utils import (
     OpenApiExample,
     OpenApiParameter,
@@ -29,13 +25,9 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from eventbus_project.async_views import AsyncAPIView, off_shared_thread
-from eventbus_project.exceptions import ApplicationError, PayloadTooLarge
+from eventbus_project.exceptions import ApplicationError
 
-from .base import BaseEvent
 from .conf import max_body_bytes
-from .event_bus import event_bus
-from .event_store import EventStoreError
-from .event_types import EventType
 from .filters import (
     PositionCursorPagination,
     StoredEventFilter,
@@ -43,10 +35,11 @@ from .filters import (
     filtered,
     validated_filters,
 )
+from .ingest import declared_length, read_events
 from .models import row_to_contract_dict
 from .permissions import HasMethodPermission
 from .roles import PUBLISH_EVENTS
-from .selectors import stored_event_get, stored_event_rows, stored_positions
+from .selectors import stored_event_get, stored_event_rows
 from .serializers import (
     ErrorSerializer,
     EventInSerializer,
@@ -54,23 +47,11 @@ from .serializers import (
     StoredEventOutSerializer,
     StoredEventPageSerializer,
 )
+from .services import events_publish
 
 logger = logging.getLogger("events")
 
 VIEW_EVENTS = "events.view_storedevent"  # auditors and operators (events.roles)
-MAX_EVENTS_PER_REQUEST = 1_000
-# Events only the server itself makes: an agent publishing one would forge a human decision or a
-# sign-in in the audit trail.
-RESERVED_EVENT_TYPES: dict[str, str] = {
-    EventType.HITL_DECISION_MADE: (
-        "decisions are made through the HITL API (POST /api/hitl/requests/{call_id}/decision/), not published"
-    ),
-    EventType.OPERATOR_SIGNED_IN: "only the server records sign-ins",
-    EventType.OPERATOR_SIGNED_OUT: "only the server records sign-outs",
-    EventType.OPERATOR_SIGN_IN_FAILED: "only the server records failed sign-ins",
-    EventType.AUDIT_PURGED: "only the purge command records purges",
-    EventType.MODEL_CHANGED: "only the server records changes of its models",
-}
 JSON_CONTENT_TYPES = ("application/json",)
 
 _ERROR_RESPONSES = {
@@ -140,11 +121,7 @@ class EventsView(AsyncAPIView):
         if content_type not in JSON_CONTENT_TYPES:
             raise exceptions.UnsupportedMediaType(content_type or "(none)")
         events, single = await off_shared_thread(read_events)(request._request, max_body_bytes())
-        username = request.user.get_username()
-        for event in events:
-            # Who acted is who authenticated, whatever the event's data says.
-            event.actor = username
-        positions = await publish(events)
+        positions = await events_publish(events=events, actor=request.user.get_username())
         body: dict[str, Any] = {"positions": positions, "event_ids": [event.event_id for event in events]}
         if single:
             body["position"] = positions[0]
@@ -209,168 +186,3 @@ class EventDetailView(AsyncAPIView):
                 f"No stored event has the event_id {event_id[:64]!r}.", code="not_found", status=404
             )
         return Response(event)
-
-
-def declared_length(request: HttpRequest, limit: int) -> int | None:
-    """The body's Content-Length (None without one, e.g. chunked); 413 above `limit`."""
-    raw = request.META.get("CONTENT_LENGTH")
-    if not raw:
-        return None
-    try:
-        length = int(raw)
-    except ValueError:
-        raise exceptions.ParseError(f"Content-Length {raw!r} is not a number.") from None
-    if length < 0:
-        raise exceptions.ParseError(f"Content-Length {raw!r} is negative.")
-    if length > limit:
-        raise PayloadTooLarge(f"The body has {length} bytes; at most {limit} are accepted.")
-    return length
-
-
-def read_body(request: HttpRequest, limit: int) -> bytes:
-    """The body, at most `limit` bytes (413 beyond), read from the stream: Django's
-    DATA_UPLOAD_MAX_MEMORY_SIZE, made for form posts, does not apply to this endpoint's limit."""
-    length = declared_length(request, limit)
-    if length is not None:
-        return request.read(length) if length else b""
-    # No Content-Length (a chunked body): read one byte past the limit to know it was exceeded.
-    body = request.read(limit + 1)
-    if len(body) > limit:
-        raise PayloadTooLarge(f"The body has more than {limit} bytes; at most {limit} are accepted.")
-    return body
-
-
-def read_events(request: HttpRequest, limit: int) -> tuple[list[BaseEvent], bool]:
-    """The request's events, all valid (or a 4xx naming each bad one), and whether the body was one."""
-    body = read_body(request, limit)
-    try:
-        payload = json.loads(body)
-    except RecursionError:
-        raise exceptions.ParseError("Malformed JSON: nested too deeply.") from None
-    except ValueError as error:  # JSONDecodeError, UnicodeDecodeError, an integer of 5,000 digits
-        raise exceptions.ParseError(f"Malformed JSON: {error}") from None
-    single = isinstance(payload, dict)
-    items = [payload] if single else payload
-    if not isinstance(items, list):
-        raise ApplicationError(
-            f"The body must be an event object or a list of them, not {json_type(payload)}.",
-            code="invalid_body",
-        )
-    if not items:
-        raise ApplicationError("The list holds no events.", code="invalid_body")
-    if len(items) > MAX_EVENTS_PER_REQUEST:
-        raise ApplicationError(
-            f"At most {MAX_EVENTS_PER_REQUEST} events per request; this one has {len(items)}.",
-            code="too_many_events",
-        )
-    events = [parse_event(index, item) for index, item in enumerate(items)]
-    errors = [event for event in events if isinstance(event, dict)]
-    if errors:
-        raise batch_error(errors, code="invalid_event", status=400)
-    valid: list[BaseEvent] = [event for event in events if isinstance(event, BaseEvent)]
-    refused = [
-        {"index": index, "message": f"{event.event_type}: {RESERVED_EVENT_TYPES[event.event_type]}"}
-        for index, event in enumerate(valid)
-        if event.event_type in RESERVED_EVENT_TYPES
-    ]
-    if refused:
-        raise batch_error(refused, code="reserved_event_type", status=403)
-    return valid, single
-
-
-def parse_event(index: int, item: Any) -> BaseEvent | dict[str, Any]:
-    """The event at `index`, or its error as {"index", "message"}."""
-    try:
-        event = BaseEvent.from_dict(item)
-        check_storable(event)
-    except (TypeError, ValueError, ArithmeticError, RecursionError) as error:
-        return {"index": index, "message": str(error)}
-    except Exception as error:
-        # Bad input must not be a 500, but this is a gap in the events' validation: keep the trace.
-        logger.warning("unexpected error validating events[%d]", index, exc_info=True)
-        return {"index": index, "message": f"{type(error).__name__}: {error}"}
-    event.position = None  # a position is the store's to give; one sent back from an export is ignored
-    return event
-
-
-def check_storable(event: BaseEvent) -> None:
-    """Refuse text the databases cannot keep, naming the field: lone surrogates, NUL in `data`'s keys.
-
-    BaseEvent already refuses NUL in values; these would otherwise fail only in the store's writer.
-    """
-    text = event.to_json()
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        pass
-    else:
-        if "\\u0000" not in text:
-            return
-    for name in ("event_type", "session_id", "correlation_id", "causation_id", "source", "version"):
-        check_text(getattr(event, name), name)
-    check_text(event.data, "data")
-
-
-def check_text(value: Any, path: str) -> None:
-    if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            raise ValueError(f"{path} contains a lone surrogate, which is not valid Unicode") from None
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            if "\x00" in key:
-                raise ValueError(
-                    f"{path} has a key {key!r} with a NUL character, which the store cannot keep"
-                )
-            check_text(key, f"{path} key {key!r}")
-            check_text(item, f"{path}[{key!r}]")
-    elif isinstance(value, list):
-        for index, item in enumerate(value):
-            check_text(item, f"{path}[{index}]")
-
-
-def batch_error(errors: list[dict[str, Any]], *, code: str, status: int) -> ApplicationError:
-    first = errors[0]
-    message = f"events[{first['index']}]: {first['message']}"
-    if len(errors) > 1:
-        message += f" (and {len(errors) - 1} more)"
-    return ApplicationError(message, code=code, status=status, extra={"errors": errors})
-
-
-def json_type(value: Any) -> str:
-    names = {str: "a string", int: "a number", float: "a number", bool: "a boolean", type(None): "null"}
-    return names.get(type(value), type(value).__name__)
-
-
-async def publish(events: list[BaseEvent]) -> list[int | None]:
-    """Publish `events` in order and wait for their commit; their positions (None if not stored)."""
-    publishing = asyncio.ensure_future(event_bus.publish_many(events, wait_for_handlers=True))
-    # Already validated and on its way: a client that hangs up must not stop a list half-published.
-    publishing.add_done_callback(_consume_outcome)
-    try:
-        results = await asyncio.shield(publishing)
-    except (EventStoreError, DatabaseError) as error:
-        logger.warning("POST /api/events/: the store could not commit %d events: %s", len(events), error)
-        raise ApplicationError(
-            "The event store could not commit the events; post the same body again (it is idempotent "
-            "on event_id).",
-            code="store_unavailable",
-            status=503,
-            headers={"Retry-After": "1"},
-        ) from error
-    positions: list[int | None] = [event.position for event in events]
-    unknown = [e.event_id for e, p, ok in zip(events, positions, results, strict=True) if ok and p is None]
-    if unknown:
-        # A middleware replaced the event object: the store numbered the replacement.
-        found = await off_shared_thread(stored_positions)(event_ids=unknown)
-        positions = [
-            found.get(e.event_id) if p is None else p for e, p in zip(events, positions, strict=True)
-        ]
-    return positions
-
-
-def _consume_outcome(task: asyncio.Future[Any]) -> None:
-    # When the client is gone nobody awaits the task; its failure is logged by the store already.
-    if not task.cancelled():
-        task.exception()

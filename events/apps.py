@@ -37,6 +37,7 @@ class EventsConfig(AppConfig):
             max_queue_size=config.max_queue_size,
             overflow=config.overflow,  # type: ignore[arg-type]
             handler_timeout=config.handler_timeout,
+            max_stats_types=settings.EVENT_STATS_MAX_TYPES,
         )
         signals.connect()
         if settings.REDIS_URL:

@@ -14,7 +14,9 @@ from typing import Any
 
 from channels.generic.websocket import AsyncWebsocketConsumer
 
+from core.json_input import parse_json
 from eventbus_project.async_views import off_shared_thread
+from eventbus_project.exceptions import ApplicationError
 
 from .base import BaseEvent
 from .event_bus import EventBus, event_bus
@@ -167,9 +169,13 @@ class LiveConsumer(AsyncWebsocketConsumer):
             await self.send_error("invalid_message", f"a message may be at most {MAX_MESSAGE_BYTES} bytes")
             return
         try:
-            message = json.loads(text_data)
-        except ValueError as error:
-            await self.send_error("invalid_json", f"not JSON: {error}")
+            # The one JSON entrance: depth, NUL, lone surrogates, NaN, a key twice; the error names the
+            # member (`comment`, `modified_args.x`) and the socket stays open.
+            message = parse_json(text_data, "message", path="")
+        except ApplicationError as error:
+            errors = error.extra.get("errors") or [{}]
+            syntax = errors[0].get("field") == "message" and "is not valid JSON" in error.message
+            await self.send_error("invalid_json" if syntax else error.code, error.message, **error.extra)
             return
         if not isinstance(message, dict):
             await self.send_error("invalid_message", 'a message is a JSON object with an "action"')
@@ -183,7 +189,14 @@ class LiveConsumer(AsyncWebsocketConsumer):
         if action == "ping":
             await self.send_json({"type": "pong"})
             return
-        await self.act(str(action), message)
+        try:
+            await self.act(str(action), message)
+        except ApplicationError as error:
+            await self.send_error(error.code, error.message, **error.extra)
+        except Exception:
+            # A frame never takes the connection down (no 1011): an error frame, and the next may come.
+            logger.exception("websocket: handling a %r message failed", action)
+            await self.send_error("server_error", "the server could not handle this message; try again")
 
     async def act(self, action: str, message: dict[str, Any]) -> None:
         """Handle a valid action other than ping."""

@@ -29,6 +29,7 @@ from typing import Any, Literal, overload
 from asgiref.sync import SyncToAsync
 
 from .base import BaseEvent, ensure_json_safe
+from .event_types import EventType
 
 logger = logging.getLogger("events")
 
@@ -44,6 +45,11 @@ _Route = tuple[Handler, bool, float | None, str]
 YIELD_EVERY = 256
 _get_ident = threading.get_ident
 _UNCHANGED = object()
+# The statistics count this many distinct event types one by one (those the project defines always), the
+# rest under OTHER_TYPES: made-up types must not grow /api/stats/ and memory without bound.
+DEFAULT_MAX_STATS_TYPES = 1_000
+OTHER_TYPES = "other"
+_KNOWN_TYPES = frozenset(str(member.value) for member in EventType)
 
 # The event whose handlers are running in this context: events published from inside a handler
 # inherit its correlation id and name it as their cause.
@@ -161,6 +167,7 @@ class EventBus:
         max_queue_size: int = 10_000,
         overflow: OverflowPolicy = "wait",
         handler_timeout: float | None = None,
+        max_stats_types: int = DEFAULT_MAX_STATS_TYPES,
     ) -> None:
         self._subscriptions: list[Subscription] = []
         self._middleware: list[tuple[Middleware, bool]] = []
@@ -178,7 +185,12 @@ class EventBus:
         self._consumer: asyncio.Task[None] | None
         self._pending: int
         self._reset_queue()
-        self.configure(max_queue_size=max_queue_size, overflow=overflow, handler_timeout=handler_timeout)
+        self.configure(
+            max_queue_size=max_queue_size,
+            overflow=overflow,
+            handler_timeout=handler_timeout,
+            max_stats_types=max_stats_types,
+        )
         self.reset_stats()
 
     def configure(
@@ -187,11 +199,21 @@ class EventBus:
         max_queue_size: int | None = None,
         overflow: OverflowPolicy | None = None,
         handler_timeout: float | None | object = _UNCHANGED,
+        max_stats_types: int | None = None,
     ) -> None:
-        """Set the queue bound, the policy for a full queue ("wait" or "drop") and the default timeout.
+        """Set the queue bound, the policy for a full queue ("wait" or "drop"), the default timeout, and
+        how many distinct event types the statistics count one by one (the rest under "other").
 
         Arguments left out keep their value; `handler_timeout=None` means no default timeout.
         """
+        if max_stats_types is not None:
+            if (
+                not isinstance(max_stats_types, int)
+                or isinstance(max_stats_types, bool)
+                or max_stats_types < 1
+            ):
+                raise ValueError(f"max_stats_types must be a positive integer, not {max_stats_types!r}")
+            self.max_stats_types = max_stats_types
         if max_queue_size is not None:
             if not isinstance(max_queue_size, int) or isinstance(max_queue_size, bool) or max_queue_size < 1:
                 raise ValueError(f"max_queue_size must be a positive integer, not {max_queue_size!r}")
@@ -406,9 +428,11 @@ class EventBus:
             event.correlation_id = event.event_id
         ensure_json_safe(event.data)
         self._published += 1
-        by_type = self._by_type
-        event_type = event.event_type
-        by_type[event_type] = by_type.get(event_type, 0) + 1
+        count = self._by_type.get(event.event_type)
+        if count is None:
+            self._count_new_type(event.event_type)
+        else:
+            self._by_type[event.event_type] = count + 1
         if wait_for_handlers:
             if self._pending == 0:
                 await self._dispatch_waited(event)
@@ -469,6 +493,11 @@ class EventBus:
             self._publish_here(event, wait_for_handlers), loop
         )
         return future.result(timeout)
+
+    def stamp(self, event: BaseEvent) -> BaseEvent:
+        """Give `event` the causation and correlation publishing would give it (idempotent)."""
+        self._stamp(event)
+        return event
 
     def _stamp(self, event: BaseEvent) -> None:
         if event.replayed:
@@ -555,7 +584,22 @@ class EventBus:
 
     def _count_published(self, event: BaseEvent) -> None:
         self._published += 1
-        self._by_type[event.event_type] = self._by_type.get(event.event_type, 0) + 1
+        count = self._by_type.get(event.event_type)
+        if count is None:
+            self._count_new_type(event.event_type)
+        else:
+            self._by_type[event.event_type] = count + 1
+
+    def _count_new_type(self, event_type: str) -> None:
+        """Count the first event of a type: under its own name while there is room, else under "other"."""
+        by_type = self._by_type
+        # At most max_stats_types names, "other" included (and, besides, the types the project defines).
+        if (
+            event_type not in _KNOWN_TYPES
+            and len(by_type) + (OTHER_TYPES not in by_type) >= self.max_stats_types
+        ):
+            event_type = OTHER_TYPES
+        by_type[event_type] = by_type.get(event_type, 0) + 1
 
     def _publish_nowait(self, event: BaseEvent) -> bool:
         """Queue from synchronous code on the bus loop; middleware, being async, runs when it is handled."""

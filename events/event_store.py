@@ -71,6 +71,52 @@ class EventStoreError(Exception):
     """The store could not commit an event (the database is unreachable or refused it)."""
 
 
+class EventRefused(EventStoreError):
+    """The database refused the event itself: sending it again will not help (a 400, not a 503)."""
+
+
+GROUP_WAIT_S = 2.0
+
+
+class Positions(list[int]):
+    """The positions of a written batch, and how many of its events were new (not stored before)."""
+
+    def __init__(self, positions: list[int], new: int) -> None:
+        super().__init__(positions)
+        self.new = new
+
+
+class StoreGroup:
+    """Events that are stored in one transaction or not at all: the events of one request.
+
+    The writer never splits a group across transactions, and when the database refuses one of its
+    events, none of them is stored. A group whose events stop arriving (a middleware dropped some) is
+    written as it is after GROUP_WAIT_S, so no publisher can hang on it.
+    """
+
+    __slots__ = ("size", "arrived", "started")
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.arrived = 0
+        self.started = time.monotonic()
+
+    def complete(self) -> bool:
+        return self.arrived >= self.size or time.monotonic() - self.started > GROUP_WAIT_S
+
+
+def store_together(events: list[BaseEvent]) -> None:
+    """Mark `events` (about to be published) to be stored all in one transaction or not at all."""
+    if len(events) > 1:
+        group = StoreGroup(len(events))
+        for event in events:
+            event.__dict__["_store_group"] = group
+
+
+def _group_of(entry: tuple[BaseEvent, Any]) -> StoreGroup | None:
+    return entry[0].__dict__.get("_store_group")
+
+
 class EventStore:
     """Persists every event published on the bus, and reads them back in position order."""
 
@@ -163,6 +209,7 @@ class EventStore:
         self._waited_in_buffer = 0
         self._writing = 0
         self._idle_waiters: list[asyncio.Future[None]] = []
+        self._unavailable: str | None = None
 
     def _ensure_writer(self) -> None:
         flusher = self._flusher
@@ -190,8 +237,10 @@ class EventStore:
             self._flusher = loop.create_task(self._run_flusher(), name="event-store-writer")
 
     async def _on_event(self, event: BaseEvent) -> None:
-        if event.replayed or event.remote:
-            return  # stored already (a replay), or by the process that published it (a remote event)
+        if event.replayed or event.remote or event.__dict__.get("_stored_in_transaction"):
+            # Stored already (a replay, or by a service in its own transaction), or by the process that
+            # published it (a remote event).
+            return
         self._ensure_writer()
         assert self._room is not None and self._wake is not None and self._kick is not None
         while len(self._buffer) >= self.max_buffer:
@@ -204,6 +253,12 @@ class EventStore:
             wait_also(committed)
             self._urgent = True
             self._waited_in_buffer += 1
+            if self._unavailable is not None:
+                # The database is away: kept for later, but the publisher is not kept waiting for it.
+                committed.set_exception(EventStoreError(self._unavailable))
+        group = event.__dict__.get("_store_group")
+        if group is not None:
+            group.arrived += 1
         self._buffer.append((event, committed))
         self._wake.set()
         if self._urgent or len(self._buffer) >= self.batch_size:
@@ -225,8 +280,11 @@ class EventStore:
                     pass
             else:
                 await asyncio.sleep(0)  # let a burst that is being handled add to this batch
-            batch = self._buffer[:MAX_BATCH]
-            del self._buffer[: len(batch)]
+            batch = self._take_batch()
+            if not batch:
+                # The first group has not fully arrived yet (its events are on their way from the bus).
+                await asyncio.sleep(0.001)
+                continue
             self._waited_in_buffer -= sum(1 for _, done in batch if done is not None)
             self._urgent = self._waited_in_buffer > 0
             self._writing = len(batch)
@@ -236,6 +294,31 @@ class EventStore:
                 await self._write(batch)
             finally:
                 self._writing = 0
+
+    def _take_batch(self) -> list[tuple[BaseEvent, asyncio.Future[int] | None]]:
+        """Up to MAX_BATCH buffered events from the front, never part of a group (a group may exceed it)."""
+        buffer = self._buffer
+        end = 0
+        while end < len(buffer):
+            group = _group_of(buffer[end])
+            if group is None:
+                if end >= MAX_BATCH:
+                    break
+                end += 1
+                continue
+            if not group.complete() or (end >= MAX_BATCH):
+                break
+            # The whole group: its events are in the buffer in publish order, maybe with others between.
+            members = [i for i in range(end, len(buffer)) if _group_of(buffer[i]) is group]
+            if members[-1] != end + len(members) - 1:
+                # Another publisher's events came between: move the group's events together.
+                picked = [buffer[i] for i in members]
+                rest = [entry for i, entry in enumerate(buffer) if i >= end and _group_of(entry) is not group]
+                buffer[end:] = picked + rest
+            end += len(members)
+        batch = buffer[:end]
+        del buffer[:end]
+        return batch
 
     async def _write(self, batch: list[tuple[BaseEvent, asyncio.Future[int] | None]]) -> None:
         """Commit `batch`, retrying while the database is away; isolate events it refuses."""
@@ -247,35 +330,52 @@ class EventStore:
                 positions = await loop.run_in_executor(
                     self._get_executor(), self._write_batch, [event for event, _ in batch]
                 )
+                new = getattr(positions, "new", len(positions))
             except _RETRYABLE_ERRORS as error:
                 self._failures += 1
                 logger.warning(
                     "event store could not write %d events (retrying in %.1fs): %s", len(batch), delay, error
                 )
-                for _, done in batch:
+                # Everyone waiting hears now (a 503 to retry), not when the database is back; the events
+                # stay buffered and are committed then, once (idempotent on event_id).
+                self._unavailable = f"the event store is unavailable: {error}"
+                for _, done in (*batch, *self._buffer):
                     if done is not None and not done.done():
-                        done.set_exception(EventStoreError(f"the event store is unavailable: {error}"))
+                        done.set_exception(EventStoreError(self._unavailable))
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                # At most a second between tries: service is back within about a second of the database.
+                delay = min(delay * 2, 1.0)
                 continue
             except Exception as error:
                 # Not the connection: something in this batch the database (or its driver) refuses.
-                # Halve until the one event is found, store the rest, and log that one in full.
-                if len(batch) > 1:
-                    middle = len(batch) // 2
-                    await self._write(batch[:middle])
-                    await self._write(batch[middle:])
+                # Halve until the one event (or the one group: all or nothing) is found, store the rest,
+                # and log it in full.
+                units = _units(batch)
+                if len(units) > 1:
+                    middle = len(units) // 2
+                    await self._write([entry for unit in units[:middle] for entry in unit])
+                    await self._write([entry for unit in units[middle:] for entry in unit])
                     return
-                event, done = batch[0]
-                self._rejected += 1
-                logger.error("event store refused %s: %s; event: %s", event.event_id, error, event.to_json())
-                if done is not None and not done.done():
-                    done.set_exception(
-                        EventStoreError(f"the database refused event {event.event_id}: {error}")
-                    )
+                self._rejected += len(batch)
+                first = batch[0][0]
+                logger.error(
+                    "event store refused %s%s: %s; event: %s",
+                    first.event_id,
+                    f" and the {len(batch) - 1} other events of its request" if len(batch) > 1 else "",
+                    error,
+                    first.to_json(),
+                )
+                for event, done in batch:
+                    if done is not None and not done.done():
+                        done.set_exception(
+                            EventRefused(f"the database refused event {event.event_id}: {error}")
+                        )
                 return
+            self._unavailable = None
             self._batches += 1
             self._last_batch_ms = (time.perf_counter() - started) * 1000
+            self._stored += new
+            self._duplicates += len(batch) - new
             for (event, done), position in zip(batch, positions, strict=True):
                 event.position = position
                 if done is not None and not done.done():
@@ -297,15 +397,55 @@ class EventStore:
             return self._executor
 
     def _write_batch(self, events: list[BaseEvent]) -> list[int]:
-        """In the writer thread: one transaction that numbers, inserts and hooks the new events."""
-        try:
-            with transaction.atomic(), connection.cursor() as cursor:
-                return self._insert(cursor, events)
-        except _RETRYABLE_ERRORS:
-            connection.close()  # the next attempt starts on a fresh connection
-            raise
+        """In the writer thread: one transaction that numbers, inserts and hooks the new events; their
+        positions (a `Positions` list that also says how many were new)."""
+        # The connection kept from an earlier batch may have broken meanwhile (the database restarted):
+        # then one more try at once, on a fresh connection from the pool (which checks it), before the
+        # publishers hear of a failure. Safe: a batch is idempotent on event_id.
+        for fresh in (connection.connection is None, True):
+            try:
+                with transaction.atomic(), connection.cursor() as cursor:
+                    positions, new = self._insert(cursor, events)
+                    return Positions(positions, new)
+            except _RETRYABLE_ERRORS:
+                connection.close()  # the next attempt starts on a fresh connection
+                if fresh:
+                    raise
+        raise AssertionError("unreachable: the second attempt returns or raises")
 
-    def _insert(self, cursor: CursorWrapper, events: list[BaseEvent]) -> list[int]:
+    def store_in_transaction(self, events: list[BaseEvent]) -> list[int]:
+        """Store `events` inside the caller's transaction: they commit, or roll back, with it.
+
+        For a change whose record must not come apart from it (an approval request's status, its event
+        and its audit entry): call inside `transaction.atomic()`, then publish the events on commit;
+        the store's subscriber knows them as stored and does not write them again. Takes the writers'
+        lock until the caller commits, so positions stay in commit order.
+        """
+        if not transaction.get_connection().in_atomic_block:
+            raise RuntimeError("store_in_transaction needs the caller's transaction (transaction.atomic)")
+        with connection.cursor() as cursor:
+            positions, new = self._insert(cursor, events)
+        for event, position in zip(events, positions, strict=True):
+            event.position = position
+            event.__dict__["_stored_in_transaction"] = True
+        transaction.on_commit(lambda: self._committed_elsewhere(positions, new, len(events)))
+        return positions
+
+    def _committed_elsewhere(self, positions: list[int], new: int, total: int) -> None:
+        """After a caller's transaction with events in it committed: count them and wake the readers."""
+        self._stored += new
+        self._duplicates += total - new
+        self._notify_listeners()
+        if self._commit_listeners and positions:
+            last = max(positions)
+            for listener in list(self._commit_listeners):
+                try:
+                    listener(last)
+                except Exception:
+                    logger.exception("event store: commit listener %r failed", listener)
+
+    def _insert(self, cursor: CursorWrapper, events: list[BaseEvent]) -> tuple[list[int], int]:
+        """Number, insert and hook the new ones among `events`: their positions, and how many were new."""
         # The writers' lock: held from here until this transaction commits.
         cursor.execute("UPDATE events_positioncounter SET value = value WHERE id = 1")
         if cursor.rowcount == 0:
@@ -336,9 +476,8 @@ class EventStore:
             stored = [_with_position(event, assigned[event.event_id]) for event in new]
             for hook in self._hooks:
                 hook(cursor, stored)
-        self._stored += len(new)
-        self._duplicates += len(events) - len(new)
-        return [assigned[event.event_id] for event in events]
+        # Counted by the caller once the transaction has committed.
+        return [assigned[event.event_id] for event in events], len(new)
 
     def _number_and_insert(self, cursor: CursorWrapper, events: list[BaseEvent]) -> dict[str, int]:
         cursor.execute(
@@ -543,6 +682,24 @@ class EventStore:
                     pass
         finally:
             self._listeners.discard(listener)
+
+
+def _units(
+    batch: list[tuple[BaseEvent, asyncio.Future[int] | None]],
+) -> list[list[tuple[BaseEvent, asyncio.Future[int] | None]]]:
+    """The batch in the pieces isolation may not split: single events, and whole groups."""
+    units: list[list[tuple[BaseEvent, asyncio.Future[int] | None]]] = []
+    by_group: dict[int, list[tuple[BaseEvent, asyncio.Future[int] | None]]] = {}
+    for entry in batch:
+        group = _group_of(entry)
+        if group is None:
+            units.append([entry])
+        elif id(group) in by_group:
+            by_group[id(group)].append(entry)
+        else:
+            by_group[id(group)] = [entry]
+            units.append(by_group[id(group)])
+    return units
 
 
 def _close_connection() -> None:

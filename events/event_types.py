@@ -28,6 +28,7 @@ class EventType(StrEnum):
     OPERATOR_SIGNED_IN = "operator_signed_in"
     OPERATOR_SIGNED_OUT = "operator_signed_out"
     OPERATOR_SIGN_IN_FAILED = "operator_sign_in_failed"
+    OPERATOR_LOCKED_OUT = "operator_locked_out"
     AUDIT_PURGED = "audit_purged"
     MODEL_CHANGED = "model_changed"
 
@@ -49,6 +50,7 @@ DEFAULT_CATEGORY: dict[str, EventCategory] = {
     EventType.OPERATOR_SIGNED_IN: EventCategory.SYSTEM,
     EventType.OPERATOR_SIGNED_OUT: EventCategory.SYSTEM,
     EventType.OPERATOR_SIGN_IN_FAILED: EventCategory.SYSTEM,
+    EventType.OPERATOR_LOCKED_OUT: EventCategory.SYSTEM,
     EventType.AUDIT_PURGED: EventCategory.SYSTEM,
     EventType.MODEL_CHANGED: EventCategory.SYSTEM,
 }
@@ -69,3 +71,18 @@ def coerce_category(value: str) -> EventCategory:
     except ValueError:
         allowed = ", ".join(c.value for c in EventCategory)
         raise ValueError(f"event_category {value!r} is not one of: {allowed}") from None
+
+
+# What an event type may look like, wherever one comes in (CONTRACT.md, "The trust boundary").
+EVENT_TYPE_PATTERN = r"^[a-z][a-z0-9_.]{0,99}$"
+
+# Types only the server makes: an agent publishing one would forge a human decision, hide a pending
+# request, or fake a sign-in in the audit trail. Every type of the approval lifecycle and every
+# operator_* type is the server's, including those added later.
+SERVER_ONLY_PREFIXES = ("operator_", "tool_approval_", "hitl_")
+SERVER_ONLY_TYPES = frozenset({"model_changed", "audit_purged"})
+
+
+def is_server_only(event_type: str) -> bool:
+    """Whether only the server may publish events of `event_type` (compared exactly, after validation)."""
+    return event_type in SERVER_ONLY_TYPES or event_type.startswith(SERVER_ONLY_PREFIXES)

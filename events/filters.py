@@ -22,6 +22,7 @@ from rest_framework.exceptions import NotFound
 from rest_framework.pagination import Cursor, CursorPagination
 from rest_framework.request import Request
 
+from core.json_input import check_query, shown_value
 from eventbus_project.exceptions import ApplicationError
 
 from .event_types import EventCategory
@@ -101,20 +102,48 @@ class StoredEventFilter(django_filters.FilterSet):
 def validated_filters(
     filterset_class: type[django_filters.FilterSet], params: Mapping[str, Any]
 ) -> django_filters.FilterSet:
-    """The bound filterset of `params`, valid; ApplicationError (400) naming each bad parameter."""
+    """The bound filterset of `params`, valid; ApplicationError (400) naming each bad parameter.
+
+    Strict: a NUL or a lone surrogate anywhere in the query, a value with spaces around it (Django's
+    CharField would strip them: another value than asked for), a choice that is not one (the error
+    lists those there are) are 400s like any other bad value.
+    """
+    check_query(params if hasattr(params, "lists") else params.items())
     filterset = filterset_class(data=params, queryset=filterset_class._meta.model.objects.none())
-    if not filterset.is_valid():
-        errors = [
-            {"field": field, "message": error["message"], "code": error["code"] or "invalid"}
-            for field, field_errors in filterset.errors.get_json_data().items()
-            for error in field_errors
-        ]
+    valid = filterset.is_valid()
+    errors = [
+        {"field": field, "message": _message(filterset, field, error), "code": error["code"] or "invalid"}
+        for field, field_errors in filterset.errors.get_json_data().items()
+        for error in field_errors
+    ]
+    for name, spec in filterset.filters.items():
+        raw = params.get(name)
+        if not isinstance(raw, str) or raw == "" or name in filterset.errors:
+            continue
+        if isinstance(spec, django_filters.CharFilter) and raw != raw.strip():
+            errors.append(
+                {"field": name, "message": f"{shown_value(raw)} has spaces around it", "code": "invalid"}
+            )
+        elif isinstance(spec, PositionFilter) and not (raw.isascii() and raw.isdigit()):
+            # Django's IntegerField takes " 5", "+5" and "5.0" as 5: a padded or disguised position.
+            message = f"{shown_value(raw)} is not a position written in digits"
+            errors.append({"field": name, "message": message, "code": "invalid"})
+    if not valid or errors:
         first = errors[0]
         detail = f"{first['field']}: {first['message']}"
         if len(errors) > 1:
             detail += f" (and {len(errors) - 1} more)"
         raise ApplicationError(detail, code="invalid", extra={"errors": errors})
     return filterset
+
+
+def _message(filterset: django_filters.FilterSet, field: str, error: dict[str, Any]) -> str:
+    """Django's message, with the values a choice filter allows (Django's names only the bad one)."""
+    spec = filterset.filters.get(field)
+    if error.get("code") == "invalid_choice" and isinstance(spec, django_filters.ChoiceFilter):
+        allowed = ", ".join(str(value) for value, _label in spec.extra["choices"])
+        return f"{shown_value(filterset.data.get(field))} is not one of {allowed}"
+    return str(error["message"])
 
 
 def filtered(filterset: django_filters.FilterSet, queryset: QuerySet[Any]) -> QuerySet[Any]:

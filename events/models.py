@@ -95,6 +95,9 @@ class PurgePermit(models.Model):
 
     granted_at = models.DateTimeField(auto_now_add=True)
     reason = models.CharField(max_length=255)
+    # Ed25519 over the purge's statement, made with AUDIT_SIGNING_KEY_FILE (audit.signing); the purge
+    # checkpoint records it, and verification refuses a checkpoint without a valid one.
+    signature = models.TextField(blank=True, default="", db_default="")
 
     def __str__(self) -> str:
         return self.reason

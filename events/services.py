@@ -1,12 +1,15 @@
-"""Writes of the events app: API tokens and the roles (groups and their permissions)."""
+"""Writes of the events app: events recorded with a change, API tokens, and the roles."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from channels.db import database_sync_to_async
 from django.apps import apps
 from django.contrib.auth import get_user_model
 from django.contrib.auth.management import create_permissions
@@ -18,17 +21,91 @@ from django.utils import timezone
 
 from eventbus_project.exceptions import ApplicationError
 
+from .base import BaseEvent
+from .event_bus import event_bus
+from .event_store import EventRefused, EventStoreError, event_store, store_together
 from .models import ApiToken, hash_token
 from .roles import ROLES
+from .signals import publish_on_commit
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import User
+
+logger = logging.getLogger("events")
 
 # last_used_at is a hint for people, not an audit record: one write a minute per token at most, so
 # a busy agent does not turn every request into a write.
 TOKEN_USE_RESOLUTION = timedelta(minutes=1)
 TOKEN_PREFIX_LENGTH = 12
 TOKEN_NAME_MAX_LENGTH = 100
+
+
+async def events_publish(*, events: list[BaseEvent], actor: str | None) -> list[int | None]:
+    """Publish validated events from outside (REST, OTLP) as `actor` and wait for their commit.
+
+    All or nothing: the store writes them in one transaction. Returns their positions in list order
+    (None for one a middleware dropped). A database that is away is a 503 `store_unavailable` (the same
+    request again is safe: idempotent on event_id); a database that refuses an event is a 400.
+    """
+    for event in events:
+        # Who acted is who authenticated, whatever the event's data says.
+        event.actor = actor
+    store_together(events)
+    publishing = asyncio.ensure_future(event_bus.publish_many(events, wait_for_handlers=True))
+    # Already validated and on its way: a client that hangs up must not stop a list half-published.
+    publishing.add_done_callback(_consume_outcome)
+    try:
+        results = await asyncio.shield(publishing)
+    except EventRefused as error:
+        # The database refused an event itself: none of the request's events is stored, and sending
+        # the same body again would fail the same way.
+        raise ApplicationError(
+            f"The store refused the events, and stored none of them: {error}",
+            code="invalid_event",
+            status=400,
+        ) from error
+    except (EventStoreError, DatabaseError) as error:
+        logger.warning("the store could not commit %d published events: %s", len(events), error)
+        raise ApplicationError(
+            "The event store could not commit the events; send the same events again (it is idempotent "
+            "on event_id).",
+            code="store_unavailable",
+            status=503,
+            headers={"Retry-After": "1"},
+        ) from error
+    positions: list[int | None] = [event.position for event in events]
+    unknown = [e.event_id for e, p, ok in zip(events, positions, results, strict=True) if ok and p is None]
+    if unknown:
+        # A middleware replaced the event object: the store numbered the replacement.
+        from .selectors import stored_positions
+
+        found = await database_sync_to_async(stored_positions, thread_sensitive=False)(event_ids=unknown)
+        positions = [
+            found.get(e.event_id) if p is None else p for e, p in zip(events, positions, strict=True)
+        ]
+    return positions
+
+
+def _consume_outcome(task: asyncio.Future[Any]) -> None:
+    # When the client is gone nobody awaits the task; its failure is logged by the store already.
+    if not task.cancelled():
+        task.exception()
+
+
+def events_record(*, events: list[BaseEvent]) -> list[int]:
+    """Store `events` in the caller's transaction and publish them on the bus once it commits.
+
+    For changes whose record must not come apart from them: the row, its stored event and its audit
+    entry (the store's batch hooks run here too) commit together or not at all. Returns the positions.
+    """
+    if not transaction.get_connection().in_atomic_block:
+        raise RuntimeError("events_record needs the caller's transaction (transaction.atomic)")
+    for event in events:
+        event_bus.stamp(event)
+    positions = event_store.store_in_transaction(events)
+    for event in events:
+        publish_on_commit(event)
+    return positions
 
 
 def api_token_create(*, user: User, name: str = "") -> str:

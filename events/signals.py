@@ -19,6 +19,7 @@ from .base import BaseEvent
 from .event_bus import event_bus
 from .system_events import (
     ModelChangedEvent,
+    OperatorLockedOutEvent,
     OperatorSignedInEvent,
     OperatorSignedOutEvent,
     OperatorSignInFailedEvent,
@@ -52,9 +53,26 @@ def on_logged_out(sender: Any, request: HttpRequest | None, user: Any, **kwargs:
     publish_on_commit(event)
 
 
+def _refused_while_locked_out(request: HttpRequest | None) -> bool:
+    """Whether axes refused this attempt because its username is already locked out (the password was
+    never checked). Axes' backend marks the request before Django sends user_login_failed; the attempt
+    that reaches the limit is marked too, but only after axes counted it (axes_failures_since_start),
+    whichever receiver runs first."""
+    if request is None or not getattr(request, "axes_locked_out", False):
+        return False
+    return getattr(request, "axes_failures_since_start", None) is None
+
+
+# Attributes this bridge sets on the request of a failed sign-in (see on_locked_out).
+_FAILURE_PUBLISHED = "_eventbus_sign_in_failure_published"
+_PENDING_LOCK_OUT = "_eventbus_pending_lock_out"
+
+
 def on_login_failed(
     sender: Any, credentials: dict[str, Any], request: HttpRequest | None = None, **kwargs: Any
 ) -> None:
+    if _refused_while_locked_out(request):
+        return  # the lock-out was recorded once (on_locked_out); the tries it refuses are not
     # Django has already masked the password in `credentials`; only the name typed is kept.
     username = str(credentials.get("username") or credentials.get(get_user_model().USERNAME_FIELD) or "")[
         :150
@@ -62,6 +80,37 @@ def on_login_failed(
     publish_on_commit(
         OperatorSignInFailedEvent(username=username, ip=_client_ip(request), source="django.auth")
     )
+    if request is not None:
+        # The failure that reaches the limit comes first in the trail, then the lock-out it caused,
+        # whichever of axes' receiver and this one Django calls first.
+        setattr(request, _FAILURE_PUBLISHED, True)
+        pending = getattr(request, _PENDING_LOCK_OUT, None)
+        if pending is not None:
+            delattr(request, _PENDING_LOCK_OUT)
+            publish_on_commit(pending)
+
+
+def on_locked_out(
+    sender: Any, request: HttpRequest | None = None, username: str | None = None, **kwargs: Any
+) -> None:
+    """axes' user_locked_out: sent by the failure that reaches the limit, and again for every attempt
+    refused while the lock-out lasts. Only the first is an event, so the lock-out is recorded once."""
+    if request is None or _refused_while_locked_out(request):
+        return
+    from axes.helpers import get_cool_off
+
+    cool_off = get_cool_off(request)
+    event = OperatorLockedOutEvent(
+        username=str(username or "")[:150],
+        ip=_client_ip(request),
+        failures=int(getattr(request, "axes_failures_since_start", None) or 0),
+        locked_for_s=int(cool_off.total_seconds()) if cool_off else 0,
+        source="django.auth",
+    )
+    if getattr(request, _FAILURE_PUBLISHED, False):
+        publish_on_commit(event)
+    else:
+        setattr(request, _PENDING_LOCK_OUT, event)  # published by on_login_failed, after the failure
 
 
 def _model_label(instance: models.Model) -> str:
@@ -112,9 +161,12 @@ def on_groups_changed(sender: Any, instance: models.Model, action: str, using: s
 
 def connect() -> None:
     """Connect the bridge (idempotent thanks to dispatch_uid)."""
+    from axes.signals import user_locked_out  # imports axes' models: only once the apps are ready
+
     user_logged_in.connect(on_logged_in, dispatch_uid=DISPATCH_PREFIX + "logged_in")
     user_logged_out.connect(on_logged_out, dispatch_uid=DISPATCH_PREFIX + "logged_out")
     user_login_failed.connect(on_login_failed, dispatch_uid=DISPATCH_PREFIX + "login_failed")
+    user_locked_out.connect(on_locked_out, dispatch_uid=DISPATCH_PREFIX + "locked_out")
     user_model = get_user_model()
     for model in (user_model, Group):
         post_save.connect(

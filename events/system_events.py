@@ -1,4 +1,4 @@
-"""System events: operators signing in and out, bridged from Django's auth signals."""
+"""System events: operators signing in and out (and locked out), bridged from Django's and axes' signals."""
 
 from .base import BaseEvent, DataField
 from .event_types import EventCategory, EventType
@@ -26,6 +26,20 @@ class OperatorSignInFailedEvent(BaseEvent):
     event_type_default = EventType.OPERATOR_SIGN_IN_FAILED
     event_category_default = EventCategory.SYSTEM
     data_fields = (DataField("username"), DataField("ip", required=False, default=None))
+
+
+class OperatorLockedOutEvent(BaseEvent):
+    """A username was locked out after too many failed sign-ins (django-axes): recorded once per lock-out,
+    not for each attempt refused while it lasts. `failures` counts the failures within the window."""
+
+    event_type_default = EventType.OPERATOR_LOCKED_OUT
+    event_category_default = EventCategory.SYSTEM
+    data_fields = (
+        DataField("username"),
+        DataField("ip", required=False, default=None),
+        DataField("failures", kind=int, minimum=0),
+        DataField("locked_for_s", kind=int, minimum=0),
+    )
 
 
 class AuditPurgedEvent(BaseEvent):

@@ -31,9 +31,10 @@ from django.utils.html import format_html
 from django.utils.safestring import SafeString
 from django.utils.timesince import timeuntil
 
+from core.json_input import check_form_encoding, check_object, parse_json
 from eventbus_project.exceptions import ApplicationError
 
-from . import strict_json
+from .conf import hitl_settings
 from .models import ApprovalRequest, ApprovalStatus, DecisionChannel
 from .selectors import pending_first
 from .services import approval_decide, args_digest, decision_of, user_may_decide, validate_against_schema
@@ -60,21 +61,24 @@ class ArgumentsError(ValueError):
     """The edited arguments are not a JSON object this page can send to the service."""
 
 
-def parse_arguments(text: str) -> dict[str, Any]:
-    """The edited arguments as a JSON object, or ArgumentsError saying what is wrong and where."""
+def parse_arguments(text: str, field: str = "arguments") -> dict[str, Any]:
+    """The edited arguments as a JSON object, through the one JSON entrance (core.json_input: syntax,
+    NaN, a key twice, depth, NUL, lone surrogates, HITL_MAX_ARGUMENTS_BYTES); else ArgumentsError
+    saying what is wrong and where (`field`, or the dotted path inside it)."""
     if not text.strip():
         raise ArgumentsError("Enter the arguments as a JSON object, e.g. {}.")
     try:
-        value = strict_json.loads(text)
-    except json.JSONDecodeError as error:
-        raise ArgumentsError(
-            f"This is not valid JSON: {error.msg} (line {error.lineno}, column {error.colno})."
-        ) from None
-    except strict_json.StrictJSONError as error:
-        raise ArgumentsError(f"This is not valid JSON: {error}.") from None
-    if not isinstance(value, dict):
-        raise ArgumentsError(f"The arguments must be a JSON object ({{...}}), not {type(value).__name__}.")
-    return value
+        value = parse_json(text, field)
+        if not isinstance(value, dict):
+            raise ArgumentsError(
+                f"The arguments must be a JSON object ({{...}}), not {type(value).__name__}."
+            )
+        return check_object(value, field, max_bytes=hitl_settings().max_arguments_bytes)
+    except ApplicationError as error:
+        errors = error.extra.get("errors") or [{}]
+        where = str(errors[0].get("field") or field)
+        message = str(errors[0].get("message") or error.message)
+        raise ArgumentsError(f"This {message}." if where == field else f"{where}: {message}.") from None
 
 
 def arguments_diff(proposed: dict[str, Any], edited: dict[str, Any]) -> list[dict[str, str]]:
@@ -391,6 +395,15 @@ class ApprovalRequestAdmin(admin.ModelAdmin):
             # Decided already: nothing to save, and no form to show errors on. (The service would
             # refuse too; this only spares the operator a form they can no longer use.)
             return self._conflict(request, obj, state_phrase(obj))
+        if request.content_type == "application/x-www-form-urlencoded":
+            try:
+                # Django would decode bad UTF-8 (a lone surrogate) as U+FFFD: another comment than sent.
+                check_form_encoding(request.body)
+            except ApplicationError as error:
+                form = DecideForm(request.POST)
+                form.is_valid()
+                self._form_errors(form, error)
+                return self._render_change(request, object_id, form)
         form = DecideForm(request.POST)
         form.is_valid()  # the comment's length; the arguments are checked per button below
         action = request.POST.get("_decision", "")

@@ -6,6 +6,8 @@ while it waits, and the services run in worker threads, never on the thread sync
 
 from __future__ import annotations
 
+import math
+import re
 from typing import Any
 
 from django.core.validators import RegexValidator
@@ -13,22 +15,27 @@ from django.urls import reverse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import serializers
-from rest_framework.parsers import JSONParser
 from rest_framework.permissions import BasePermission, IsAuthenticated
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from core.json_input import check_object, invalid, json_type, shown_value
+from core.parsers import StrictJSONParser
 from eventbus_project.async_views import AsyncAPIView, off_shared_thread
 from eventbus_project.exceptions import ApplicationError
 from events.serializers import ErrorSerializer
 
+from .conf import hitl_settings
 from .models import ApprovalRequest, DecisionChannel, OnExpire
-from .selectors import FILTERS, VIEW_PERMISSION, approval_as_dict, approval_list
+from .selectors import VIEW_PERMISSION, approval_as_dict, approval_filters, approval_list
 from .services import DECIDE_PERMISSION, approval_cancel, approval_decide, approval_request, await_decision
 
 REQUEST_PERMISSION = "hitl.request_approval"
 MAX_WAIT_S = 60
 MAX_PAGE = 200
+MAX_TEXT = 10_000
+MAX_ID = 2**63 - 1  # a BIGINT: a larger `before` is a 400 here, not an overflow in the database
+DECISIONS = ["APPROVE", "EDIT", "REJECT"]
 
 
 class ApprovalRequestOut(serializers.Serializer):
@@ -59,9 +66,73 @@ class ApprovalPageOut(serializers.Serializer):
     next = serializers.CharField(allow_null=True)
 
 
+# Strict input fields: what the client sent, or a 400. DRF's own fields coerce (5 becomes "5", true
+# becomes 1.0, "5" becomes 5.0) and trim the spaces around an id; nothing here does.
+
+
+class StrictCharField(serializers.CharField):
+    """A string as sent: never a number made text, never trimmed (NUL and lone surrogates are refused by
+    DRF's validators, and before that by the strict parser)."""
+
+    default_error_messages = {"invalid": "Must be a string, not {kind}."}
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("trim_whitespace", False)
+        super().__init__(**kwargs)
+
+    def to_internal_value(self, data: Any) -> str:
+        if not isinstance(data, str):
+            self.fail("invalid", kind=shown_value(data))
+        return str(super().to_internal_value(data))
+
+
+class StrictChoiceField(serializers.ChoiceField):
+    """One of the choices, exactly as written; the error lists them."""
+
+    default_error_messages = {"invalid_choice": "Must be one of {allowed}; not {input}."}
+
+    def to_internal_value(self, data: Any) -> Any:
+        if not isinstance(data, str) or data not in self.choice_strings_to_values:
+            self.fail(
+                "invalid_choice", allowed=", ".join(self.choice_strings_to_values), input=shown_value(data)
+            )
+        return self.choice_strings_to_values[data]
+
+
+class StrictNumberField(serializers.FloatField):
+    """A JSON number (not a boolean, not a string of digits), finite."""
+
+    default_error_messages = {"invalid": "Must be a number, not {kind}."}
+
+    def to_internal_value(self, data: Any) -> float:
+        if isinstance(data, bool) or not isinstance(data, int | float):
+            self.fail("invalid", kind=shown_value(data))
+        try:
+            value = float(data)
+        except OverflowError:
+            self.fail("max_value", max_value=f"{MAX_ID:g}")
+        if not math.isfinite(value):
+            self.fail("invalid", kind="a finite number")
+        return value
+
+
+class JSONObjectField(serializers.DictField):
+    """A JSON object, at most HITL_MAX_ARGUMENTS_BYTES as compact JSON (the entrance's check)."""
+
+    default_error_messages = {"not_a_dict": "Must be a JSON object, not {input_type}."}
+
+    def to_internal_value(self, data: Any) -> dict[str, Any]:
+        if not isinstance(data, dict):
+            self.fail("not_a_dict", input_type=shown_value(data))
+        # ApplicationError (400 naming the field or the path inside it, `too_large` for the size).
+        return check_object(
+            data, self.field_name or "arguments", max_bytes=hitl_settings().max_arguments_bytes
+        )
+
+
 class ApprovalRequestIn(serializers.Serializer):
-    session_id = serializers.CharField(max_length=255, min_length=1)
-    call_id = serializers.CharField(
+    session_id = StrictCharField(max_length=255, min_length=1)
+    call_id = StrictCharField(
         max_length=255,
         min_length=1,
         validators=[
@@ -69,19 +140,19 @@ class ApprovalRequestIn(serializers.Serializer):
         ],
         help_text="The agent's id of this tool call; part of URLs, so without /, ? or #.",
     )
-    tool_name = serializers.CharField(max_length=255, min_length=1)
-    arguments = serializers.DictField(required=False, default=dict)
-    reason = serializers.CharField(required=False, allow_blank=True, default="")
-    agent = serializers.CharField(max_length=150, required=False, allow_blank=True, default="")
-    timeout_s = serializers.FloatField(required=False, allow_null=True, default=None)
-    on_expire = serializers.ChoiceField(choices=OnExpire.values, required=False, default=OnExpire.REJECT)
-    correlation_id = serializers.CharField(max_length=255, required=False, allow_null=True, default=None)
+    tool_name = StrictCharField(max_length=255, min_length=1)
+    arguments = JSONObjectField(required=False, default=dict)
+    reason = StrictCharField(max_length=MAX_TEXT, required=False, allow_blank=True, default="")
+    agent = StrictCharField(max_length=150, required=False, allow_blank=True, default="")
+    timeout_s = StrictNumberField(required=False, allow_null=True, default=None)
+    on_expire = StrictChoiceField(choices=OnExpire.values, required=False, default=OnExpire.REJECT)
+    correlation_id = StrictCharField(max_length=255, required=False, allow_null=True, default=None)
 
 
 class DecisionIn(serializers.Serializer):
-    decision = serializers.ChoiceField(choices=["APPROVE", "EDIT", "REJECT"])
-    modified_args = serializers.DictField(required=False, allow_null=True, default=None)
-    comment = serializers.CharField(required=False, allow_blank=True, default="")
+    decision = StrictChoiceField(choices=DECISIONS)
+    modified_args = JSONObjectField(required=False, allow_null=True, default=None)
+    comment = StrictCharField(max_length=MAX_TEXT, required=False, allow_blank=True, default="")
 
 
 _ERRORS = {
@@ -110,9 +181,9 @@ def may_see_approvals(user: Any) -> bool:
 
 
 def _body(request: Request) -> Any:
-    data = request.data
-    if not isinstance(data, dict):
-        raise ApplicationError("the body must be a JSON object", code="invalid_body", status=400)
+    data = request.data  # parsed by StrictJSONParser: depth, NUL, lone surrogates already refused
+    if type(data) is not dict:
+        raise invalid("body", f"must be a JSON object, not {json_type(data)}")
     return data
 
 
@@ -127,7 +198,7 @@ class ApprovalRequestsView(AsyncAPIView):
     """List approval requests, or ask for one."""
 
     permission_classes = [IsAuthenticated, CanSeeApprovals]
-    parser_classes = [JSONParser]
+    parser_classes = [StrictJSONParser]
 
     @extend_schema(
         operation_id="hitl_requests_list",
@@ -153,8 +224,8 @@ class ApprovalRequestsView(AsyncAPIView):
         """Newest first; operators see all, an agent its own."""
         params = request.query_params
         limit = _int_param(params.get("limit"), "limit", default=50, low=1, high=MAX_PAGE)
-        before = _int_param(params.get("before"), "before", default=None, low=1, high=None)
-        filters = {key: params[key] for key in FILTERS if params.get(key)}
+        before = _int_param(params.get("before"), "before", default=None, low=1, high=MAX_ID)
+        filters = approval_filters(params)
         results, next_before = await off_shared_thread(approval_list)(
             user=request.user, filters=filters, before_id=before, limit=limit
         )
@@ -204,7 +275,7 @@ class ApprovalRequestDetailView(AsyncAPIView):
     """One approval request; with ?wait=N, held until it is decided (at most N seconds, N <= 60)."""
 
     permission_classes = [IsAuthenticated, CanSeeApprovals]
-    parser_classes = [JSONParser]
+    parser_classes = [StrictJSONParser]
 
     @extend_schema(
         operation_id="hitl_requests_retrieve",
@@ -234,7 +305,7 @@ class ApprovalDecisionView(AsyncAPIView):
     """An operator's decision: the approver is the authenticated user, whatever the body says."""
 
     permission_classes = [IsAuthenticated, CanSeeApprovals]
-    parser_classes = [JSONParser]
+    parser_classes = [StrictJSONParser]
 
     @extend_schema(
         operation_id="hitl_requests_decide",
@@ -268,7 +339,7 @@ class ApprovalCancelView(AsyncAPIView):
     """The agent that asked withdraws its request."""
 
     permission_classes = [IsAuthenticated, CanSeeApprovals]
-    parser_classes = [JSONParser]
+    parser_classes = [StrictJSONParser]
 
     @extend_schema(
         operation_id="hitl_requests_cancel",
@@ -288,13 +359,17 @@ class ApprovalCancelView(AsyncAPIView):
         return Response(approval_as_dict(approval))
 
 
+_DIGITS = re.compile(r"[0-9]{1,20}")
+_DECIMAL = re.compile(r"[0-9]{1,20}(?:\.[0-9]{1,20})?")
+
+
 def _int_param(raw: str | None, name: str, *, default: int | None, low: int, high: int | None) -> int | None:
     if raw is None or raw == "":
         return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise _bad_param(name, f"{raw!r} is not an integer") from None
+    # Digits only: int() would also take " 5", "+5" and "5_0", a padded or disguised value.
+    if not _DIGITS.fullmatch(raw):
+        raise _bad_param(name, f"{shown_value(raw)} is not a whole number written in digits")
+    value = int(raw)
     if value < low or (high is not None and value > high):
         raise _bad_param(name, f"must be between {low} and {high}" if high else f"must be at least {low}")
     return value
@@ -303,11 +378,11 @@ def _int_param(raw: str | None, name: str, *, default: int | None, low: int, hig
 def _float_param(raw: str | None, name: str, *, high: float) -> float:
     if raw is None or raw == "":
         return 0.0
-    try:
-        value = float(raw)
-    except ValueError:
-        raise _bad_param(name, f"{raw!r} is not a number") from None
-    if not 0 <= value <= high:  # also refuses nan
+    # float() would also take " 5", "1e1", "nan" and "5_0".
+    if not _DECIMAL.fullmatch(raw):
+        raise _bad_param(name, f"{shown_value(raw)} is not a number of seconds, e.g. 30 or 2.5")
+    value = float(raw)
+    if not 0 <= value <= high:
         raise _bad_param(name, f"must be between 0 and {high:g}")
     return value
 

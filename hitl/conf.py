@@ -13,6 +13,7 @@ class HitlSettings:
     max_timeout_s: float
     sweep_interval_s: float
     recheck_interval_s: float
+    max_arguments_bytes: int = 64 * 1024
 
 
 def _positive(name: str, value: Any) -> float:
@@ -33,6 +34,9 @@ def hitl_settings() -> HitlSettings:
         sweep_interval_s=_positive("HITL_SWEEP_INTERVAL_S", getattr(settings, "HITL_SWEEP_INTERVAL_S", 1.0)),
         recheck_interval_s=_positive(
             "HITL_RECHECK_INTERVAL_S", getattr(settings, "HITL_RECHECK_INTERVAL_S", 10.0)
+        ),
+        max_arguments_bytes=int(
+            _positive("HITL_MAX_ARGUMENTS_BYTES", getattr(settings, "HITL_MAX_ARGUMENTS_BYTES", 64 * 1024))
         ),
     )
 

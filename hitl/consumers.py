@@ -2,15 +2,33 @@
 
 The queue follows the approval lifecycle's stored events through the process's live feed, so a request
 made or decided in any process (another Daphne, an agent runtime through the API, the expiry sweeper)
-shows up here; each message carries the request as it is in the database when the message is sent.
+shows up here.
+
+The request rows are the only authority on what a message says. An event of the lifecycle is only a
+hint that a request may have changed: its type and data are never trusted (an agent's token could once
+post such events, and a stored event says what someone claimed, not what the row is). Each message
+carries the request as it is in the database when the message is sent, and its type follows from that
+row's status alone:
+
+- the row is pending: a `request` message (the page treats one for a card it shows as an update);
+- the row has left pending: `expired` when it expired, else `decision` (approved, edited, rejected,
+  or cancelled by the agent);
+- no row with that call_id: nothing.
+
+So an event forged in the lifecycle's name can at most repeat what the rows already say.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
+from django.conf import settings
+
+from core.json_input import check_object, check_text, invalid, json_type, text_problem
 from eventbus_project.async_views import off_shared_thread
 from eventbus_project.exceptions import ApplicationError
+from events.base import BaseEvent
 from events.consumers import LiveConsumer
 from events.event_types import EventType
 from events.live import Listener, live_feed
@@ -19,12 +37,22 @@ from .models import ApprovalStatus, DecisionChannel
 from .selectors import VIEW_PERMISSION, approval_as_dict, approvals_by_call_id, pending_approvals
 from .services import approval_decide
 
+logger = logging.getLogger("hitl")
+
 LIFECYCLE_EVENTS = (
     str(EventType.TOOL_APPROVAL_REQUIRED),
     str(EventType.HITL_DECISION_MADE),
     str(EventType.TOOL_APPROVAL_CANCELLED),
 )
+DECISIONS = ("APPROVE", "EDIT", "REJECT")
+MAX_CALL_ID = 255
 MAX_COMMENT = 10_000
+DEFAULT_MAX_ARGUMENTS_BYTES = 64 * 1024
+
+
+def max_arguments_bytes() -> int:
+    """HITL_MAX_ARGUMENTS_BYTES if the settings define it, else 64 KiB."""
+    return int(getattr(settings, "HITL_MAX_ARGUMENTS_BYTES", DEFAULT_MAX_ARGUMENTS_BYTES))
 
 
 def _decide(*, user: Any, call_id: str, decision: str, modified_args: Any, comment: str) -> dict[str, Any]:
@@ -39,12 +67,27 @@ def _decide(*, user: Any, call_id: str, decision: str, modified_args: Any, comme
     return approval_as_dict(request)
 
 
-def message_for(event_type: str, expired: bool, approval: dict[str, Any]) -> dict[str, Any] | None:
-    """The queue message a lifecycle event becomes, given the request as it is now (None: say nothing)."""
+def event_call_id(event: BaseEvent) -> str | None:
+    """The call_id an event names, if it names one that could be a request's (else None)."""
+    data = event.data if isinstance(event.data, dict) else {}
+    call_id = data.get("call_id")
+    if not isinstance(call_id, str) or not call_id or len(call_id) > MAX_CALL_ID:
+        return None
+    return call_id
+
+
+def message_for(event_type: str, approval: dict[str, Any]) -> dict[str, Any] | None:
+    """The queue message for a lifecycle event, from the request row as it is now (None: say nothing).
+
+    Only the row's status chooses the message; the event's type merely spares a message the client
+    never needs (a request that is already decided: its decision's own message says so).
+    """
+    status = approval.get("status")
+    if status == ApprovalStatus.PENDING:
+        return {"type": "request", **approval}
     if event_type == EventType.TOOL_APPROVAL_REQUIRED:
-        # Decided already: the decision's own message follows; the client never needs this one.
-        return {"type": "request", **approval} if approval["status"] == ApprovalStatus.PENDING else None
-    if expired or approval["status"] == ApprovalStatus.EXPIRED:
+        return None
+    if status == ApprovalStatus.EXPIRED:
         return {"type": "expired", **approval}
     return {"type": "decision", **approval}
 
@@ -76,42 +119,45 @@ class ApprovalQueueConsumer(LiveConsumer):
                     listener.overflowed = False
                     await self.send_snapshot()
                     continue
-                call_ids = [str(event.data.get("call_id") or "") for event, _ in batch]
-                approvals = await load(call_ids=call_ids)
+                call_ids = [event_call_id(event) for event, _ in batch]
+                wanted = [call_id for call_id in call_ids if call_id is not None]
+                if not wanted:
+                    continue
+                approvals = await load(call_ids=wanted)
+                sent: set[tuple[str, str]] = set()
                 for (event, _), call_id in zip(batch, call_ids, strict=True):
-                    approval = approvals.get(call_id)
+                    approval = approvals.get(call_id) if call_id is not None else None
                     if approval is None:
-                        continue
-                    message = message_for(event.event_type, bool(event.data.get("expired")), approval)
-                    if message is not None:
-                        await self.wait_for_client()
-                        await self.send_json(message)
+                        continue  # no such request: whatever the event claims, there is nothing to show
+                    message = message_for(event.event_type, approval)
+                    if message is None or (message["type"], approval["call_id"]) in sent:
+                        continue  # one message per request and kind per batch: the row is the same
+                    sent.add((message["type"], approval["call_id"]))
+                    await self.wait_for_client()
+                    await self.send_json(message)
         finally:
             live_feed.unregister(listener)
 
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        # A frame never takes the connection down (an exception here would close it with 1011): whatever
+        # goes wrong, the client gets an error frame and may send the next one.
+        try:
+            await super().receive(text_data=text_data, bytes_data=bytes_data)
+        except ApplicationError as error:
+            await self.send_error(error.code, error.message, **(error.extra or {}))
+        except Exception:
+            logger.exception("/ws/hitl/: handling a frame failed")
+            await self.send_error("server_error", "the server could not handle this message; try again")
+
     async def act(self, action: str, message: dict[str, Any]) -> None:
         if action == "decide":
-            await self.decide(message)
+            try:
+                await self.decide(message)
+            except ApplicationError as error:
+                await self.send_error(error.code, error.message, **_error_extra(message, error))
 
     async def decide(self, message: dict[str, Any]) -> None:
-        call_id = message.get("call_id")
-        if not isinstance(call_id, str) or not call_id:
-            await self.send_error("invalid", "call_id must be a non-empty string", call_id=call_id)
-            return
-        decision = message.get("decision")
-        modified_args = message.get("modified_args")
-        comment = message.get("comment") or ""
-        if not isinstance(decision, str):
-            await self.send_error("invalid", "decision must be APPROVE, EDIT or REJECT", call_id=call_id)
-            return
-        if modified_args is not None and not isinstance(modified_args, dict):
-            await self.send_error("invalid", "modified_args must be a JSON object or null", call_id=call_id)
-            return
-        if not isinstance(comment, str) or len(comment) > MAX_COMMENT:
-            await self.send_error(
-                "invalid", f"comment must be text of at most {MAX_COMMENT} characters", call_id=call_id
-            )
-            return
+        call_id, decision, modified_args, comment = check_decide(message)
         try:
             request = await off_shared_thread(_decide)(
                 user=self.scope["user"],
@@ -124,3 +170,33 @@ class ApprovalQueueConsumer(LiveConsumer):
             await self.send_error(error.code, error.message, call_id=call_id, **error.extra)
             return
         await self.send_json({"type": "decided", "call_id": call_id, "request": request})
+
+
+def _error_extra(message: dict[str, Any], error: ApplicationError) -> dict[str, Any]:
+    """The error frame's extra fields: the call_id when it is one this server could show, and the
+    error's own (`errors`, naming the field)."""
+    extra: dict[str, Any] = dict(error.extra or {})
+    call_id = message.get("call_id")
+    if isinstance(call_id, str) and len(call_id) <= MAX_CALL_ID and not text_problem(call_id):
+        extra.setdefault("call_id", call_id)
+    return extra
+
+
+def check_decide(message: dict[str, Any]) -> tuple[str, str, dict[str, Any] | None, str]:
+    """The fields of a decide frame, checked as every JSON entrance checks them; else ApplicationError
+    (400 `invalid`, naming the field)."""
+    call_id = check_text(message.get("call_id"), "call_id", max_length=MAX_CALL_ID, required=True)
+    if call_id != call_id.strip():
+        raise invalid("call_id", "has leading or trailing spaces")
+    decision = message.get("decision")
+    if not isinstance(decision, str) or decision not in DECISIONS:
+        shown = repr(decision) if isinstance(decision, str) and len(decision) <= 20 else json_type(decision)
+        raise invalid("decision", f"must be one of {', '.join(DECISIONS)}, not {shown}")
+    modified_args = message.get("modified_args")
+    if modified_args is not None:
+        modified_args = check_object(modified_args, "modified_args", max_bytes=max_arguments_bytes())
+    comment = message.get("comment")
+    if comment is None:
+        comment = ""
+    comment = check_text(comment, "comment", max_length=MAX_COMMENT)
+    return call_id, decision, modified_args, comment

@@ -7,6 +7,10 @@ token (agent runtimes), that would be a thread per waiting agent. This ASGI wrap
 requests itself: the token check and the reads run on the shared pool of worker threads, and the wait
 is a future resolved by the bus (hitl.services.await_decision). Same checks, same JSON, same errors as
 the DRF view (hitl.api.ApprovalRequestDetailView), which still serves everything else.
+
+A call_id with a NUL or a lone surrogate (percent-encoded in the path) is 400 `invalid` before any
+query; an unreachable database is 503 `store_unavailable` with Retry-After (core.outage), never
+Daphne's 500 page.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ from urllib.parse import parse_qs
 from channels.db import database_sync_to_async
 from rest_framework import exceptions
 
+from core.json_input import invalid, text_problem
+from core.outage import is_outage, note_outage, retry_after_headers, store_unavailable_body
 from eventbus_project.exceptions import ApplicationError
 from events.auth import KEYWORD, authenticate_token
 
@@ -79,6 +85,9 @@ def long_poll_app(django_app: ASGIApp) -> ASGIApp:
             return
         call_id, raw_token = target
         try:
+            problem = text_problem(call_id)
+            if problem:
+                raise invalid("call_id", problem)
             query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
             wait = _float_param(query.get("wait", [""])[-1], "wait", high=MAX_WAIT_S)
             check = database_sync_to_async(_check, thread_sensitive=False)
@@ -99,6 +108,12 @@ def long_poll_app(django_app: ASGIApp) -> ASGIApp:
             )
         except exceptions.PermissionDenied as error:
             await _respond(send, 403, {"detail": str(error.detail), "code": "permission_denied"})
+        except Exception as error:
+            if not is_outage(error):
+                raise  # a bug: Daphne's 500, with its traceback logged
+            note_outage(error, scope.get("path", ""))
+            retry = [(name.lower().encode(), value.encode()) for name, value in retry_after_headers().items()]
+            await _respond(send, 503, store_unavailable_body(), retry)
 
     return app
 

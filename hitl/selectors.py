@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 from django.db.models import Case, IntegerField, QuerySet, Value, When
 
+from core.json_input import check_choice, check_text, invalid, shown_value
 from events.base import format_timestamp
 
 from .models import ApprovalRequest, ApprovalStatus
@@ -15,6 +16,25 @@ if TYPE_CHECKING:
 
 VIEW_PERMISSION = "hitl.view_approvalrequest"
 FILTERS = ("status", "tool_name", "agent", "session_id")
+MAX_FILTER_LENGTH = 255
+
+
+def approval_filters(params: Any) -> dict[str, str]:
+    """The list filters a query gives (an empty value is no filter), checked as given: a `status`
+    that is not one, a NUL or a lone surrogate, an overlong value are a 400 naming the parameter."""
+    filters: dict[str, str] = {}
+    for name in FILTERS:
+        value = params.get(name)
+        if value is None or value == "":
+            continue
+        if name == "status":
+            filters[name] = check_choice(value, name, ApprovalStatus.values)
+        else:
+            filters[name] = check_text(value, name, max_length=MAX_FILTER_LENGTH)
+            if value != value.strip():
+                # An id with spaces around it is not the id: refused, as everywhere, not trimmed.
+                raise invalid(name, f"{shown_value(value)} has spaces around it")
+    return filters
 
 
 def approval_as_dict(request: ApprovalRequest) -> dict[str, Any]:

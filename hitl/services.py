@@ -1,8 +1,10 @@
 """The approval lifecycle: request, decide, expire, cancel, and waiting for the decision.
 
 Every surface (admin, page, REST, WebSocket, sweeper) goes through these functions. Writes are
-`@transaction.atomic` and publish their event in `transaction.on_commit`. A decision is a conditional
-UPDATE of a pending, unexpired row, so of any number of simultaneous decisions exactly one wins.
+`@transaction.atomic`: a change of a request's status, its stored event and its audit entry commit in
+one transaction (events.services.events_record), or nothing happens; the event reaches the bus once it
+has committed. A decision is a conditional UPDATE of a pending, unexpired row, so of any number of
+simultaneous decisions exactly one wins.
 """
 
 from __future__ import annotations
@@ -14,15 +16,18 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from django.db import transaction
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from audit.services import canonical_json
+from core.json_input import check_object, invalid, text_problem
 from eventbus_project.exceptions import ApplicationError
-from events.base import BaseEvent, ensure_json_safe
+from events.base import BaseEvent
 from events.event_bus import EventBus, event_bus
 from events.event_types import EventType
-from events.signals import publish_on_commit
+from events.services import events_record
 from events.tool_events import HITLDecisionMadeEvent, ToolApprovalCancelledEvent, ToolApprovalRequiredEvent
 
 from .conf import hitl_settings, tool_schema
@@ -47,23 +52,23 @@ def args_digest(tool_name: str, arguments: dict[str, Any]) -> str:
     return hashlib.sha256(f"{tool_name}\n{canonical_json(arguments)}".encode()).hexdigest()
 
 
-def _invalid(field: str, message: str) -> ApplicationError:
-    return ApplicationError(
-        f"{field}: {message}",
-        code="invalid",
-        status=400,
-        extra={"errors": [{"field": field, "message": message}]},
-    )
+_invalid = invalid
+
+DEFAULT_MAX_ARGUMENTS_BYTES = 64 * 1024
+DEFAULT_MAX_PENDING_PER_AGENT = 100
+# With on_expire "approve", a deadline this close would approve before anyone could look.
+DEFAULT_MIN_AUTO_APPROVE_S = 10.0
+
+
+def _setting(name: str, default: float) -> float:
+    return float(getattr(settings, name, default))
 
 
 def _check_arguments(field: str, value: Any) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise _invalid(field, f"must be a JSON object, not {type(value).__name__}")
-    try:
-        ensure_json_safe(value, field)
-    except (TypeError, ValueError) as error:
-        raise _invalid(field, str(error)) from None
-    return value
+    # The one entrance check: depth, NUL, lone surrogates, size (HITL_MAX_ARGUMENTS_BYTES).
+    return check_object(
+        value, field, max_bytes=int(_setting("HITL_MAX_ARGUMENTS_BYTES", DEFAULT_MAX_ARGUMENTS_BYTES))
+    )
 
 
 def _check_text(field: str, value: Any, *, required: bool = True, limit: int = MAX_TEXT) -> str:
@@ -75,8 +80,9 @@ def _check_text(field: str, value: Any, *, required: bool = True, limit: int = M
         raise _invalid(field, "is required")
     if len(value) > limit:
         raise _invalid(field, f"has {len(value)} characters; at most {limit} are allowed")
-    if "\x00" in value:
-        raise _invalid(field, "contains a NUL character")
+    problem = text_problem(value)
+    if problem:
+        raise _invalid(field, problem)
     return value
 
 
@@ -155,11 +161,21 @@ def approval_request(
         raise _invalid(
             "timeout_s", f"must be a number of seconds above 0 and at most {config.max_timeout_s:g}"
         )
+    minimum_auto_approve = _setting("HITL_MIN_AUTO_APPROVE_S", DEFAULT_MIN_AUTO_APPROVE_S)
+    if on_expire == OnExpire.APPROVE and timeout_s < minimum_auto_approve:
+        raise _invalid(
+            "timeout_s",
+            f"must be at least {minimum_auto_approve:g} seconds with on_expire approve, so that "
+            "someone can look before the deadline approves the call",
+        )
     digest = args_digest(tool_name, arguments)
+    requester_id = requested_by.pk if requested_by is not None else None
 
     existing = ApprovalRequest.objects.filter(call_id=call_id).first()
     if existing is not None:
-        return _same_call(existing, tool_name, digest), False
+        return _same_call(existing, tool_name, digest, requester_id), False
+    if requester_id is not None:
+        _check_pending_cap(requester_id)
     now = timezone.now()
     request = ApprovalRequest(
         call_id=call_id,
@@ -178,12 +194,12 @@ def approval_request(
     try:
         with transaction.atomic():
             request.save(force_insert=True)
-    except Exception:
+    except IntegrityError:
         # Another request with this call_id committed between the look-up and the insert.
         existing = ApprovalRequest.objects.filter(call_id=call_id).first()
         if existing is None:
             raise
-        return _same_call(existing, tool_name, digest), False
+        return _same_call(existing, tool_name, digest, requester_id), False
     event = ToolApprovalRequiredEvent(
         session_id=session_id,
         correlation_id=correlation_id,
@@ -196,18 +212,39 @@ def approval_request(
         data={"expires_at": request.expires_at.isoformat(), "on_expire": on_expire},
     )
     event.actor = requested_by.get_username() if requested_by is not None else None
-    publish_on_commit(event)
+    events_record(events=[event])
     return request, True
 
 
-def _same_call(existing: ApprovalRequest, tool_name: str, digest: str) -> ApprovalRequest:
-    if existing.tool_name != tool_name or existing.args_hash != digest:
+def _same_call(
+    existing: ApprovalRequest, tool_name: str, digest: str, requester_id: int | None
+) -> ApprovalRequest:
+    # A call_id belongs to the agent that made it: another agent learns nothing of the request, not even
+    # whether the tool call is the same.
+    same_call = existing.tool_name == tool_name and existing.args_hash == digest
+    if existing.requested_by_id != requester_id or not same_call:
         raise ApplicationError(
-            f"call_id {existing.call_id!r} is already used for a different tool call",
+            "this call_id is already used for another tool call; choose a new call_id",
             code="call_id_conflict",
             status=409,
         )
     return existing
+
+
+def _check_pending_cap(requester_id: int) -> None:
+    """At most HITL_MAX_PENDING_PER_AGENT pending requests per agent (429 beyond)."""
+    cap = int(_setting("HITL_MAX_PENDING_PER_AGENT", DEFAULT_MAX_PENDING_PER_AGENT))
+    # The agent's user row, locked: two requests of one agent at once cannot both take the last place.
+    get_user_model()._default_manager.select_for_update().filter(pk=requester_id).exists()
+    pending = ApprovalRequest.objects.filter(requested_by_id=requester_id, status=ApprovalStatus.PENDING)
+    if pending.count() >= cap:
+        raise ApplicationError(
+            f"this agent has {cap} pending approval requests, the most allowed "
+            "(HITL_MAX_PENDING_PER_AGENT); wait for decisions or cancel some",
+            code="too_many_pending",
+            status=429,
+            headers={"Retry-After": "5"},
+        )
 
 
 # Decide
@@ -292,7 +329,7 @@ def _publish_decision(request: ApprovalRequest, decision: str, *, expired: bool 
         data={"channel": request.channel, "status": request.status, "expired": expired},
     )
     event.actor = request.decided_by_username or None
-    publish_on_commit(event)
+    events_record(events=[event])
 
 
 # Expire and cancel
@@ -355,7 +392,7 @@ def approval_cancel(*, call_id: str, user: User | AnonymousUser | None) -> Appro
         source="hitl",
     )
     event.actor = user.get_username()
-    publish_on_commit(event)
+    events_record(events=[event])
     return request
 
 

@@ -1,32 +1,31 @@
-"""JSON as a person or an agent meant it: json.loads without NaN/Infinity and without a key given twice.
+"""JSON as a person or an agent meant it: a thin name for core.json_input.parse_json, the one entrance.
 
 Plain json.loads keeps the last of two equal keys silently and accepts NaN, so what is stored (or run)
-could differ from what the operator read. The admin's editor and the approval page both parse with it.
+could differ from what the operator read; it also lets through nesting, NULs and lone surrogates the
+stores cannot keep. Kept importable for code that used it; new code calls core.json_input directly.
 """
 
 from __future__ import annotations
 
-import json
 from typing import Any
+
+from core.json_input import parse_json
+from eventbus_project.exceptions import ApplicationError
 
 
 class StrictJSONError(ValueError):
-    """The text is JSON only to Python's lenient parser: a NaN/Infinity, or a key given twice."""
+    """The text is not JSON the server takes: bad syntax, NaN, a key twice, too deep, a NUL or a lone
+    surrogate. `field` names where (a dotted path below the field given)."""
+
+    def __init__(self, message: str, field: str = "") -> None:
+        super().__init__(message)
+        self.field = field
 
 
-def _reject_constant(name: str) -> Any:
-    raise StrictJSONError(f"{name} is not JSON (use a number, or a string)")
-
-
-def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            raise StrictJSONError(f"the key {key!r} appears twice")
-        result[key] = value
-    return result
-
-
-def loads(text: str | bytes) -> Any:
-    """Parse `text`; json.JSONDecodeError for bad syntax, StrictJSONError for what JSON does not allow."""
-    return json.loads(text, parse_constant=_reject_constant, object_pairs_hook=_no_duplicate_keys)
+def loads(text: str | bytes, field: str = "body") -> Any:
+    """Parse `text` as core.json_input.parse_json does; StrictJSONError saying what is wrong and where."""
+    try:
+        return parse_json(text, field)
+    except ApplicationError as error:
+        errors = error.extra.get("errors") or [{}]
+        raise StrictJSONError(error.message, str(errors[0].get("field") or field)) from None

@@ -22,12 +22,12 @@ from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_POST, require_safe
 
+from core.json_input import check_choice, check_form_encoding, check_object, check_text, invalid, parse_json
 from eventbus_project.exceptions import ApplicationError
 from events.base import format_timestamp
 from events.views import forbidden
 
-from . import strict_json
-from .admin import ArgumentsError, parse_arguments
+from .conf import hitl_settings
 from .models import DecisionChannel
 from .selectors import VIEW_PERMISSION, approval_as_dict, pending_approvals
 from .services import approval_decide, user_may_decide
@@ -36,6 +36,8 @@ FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 # Below this many seconds left a card's countdown turns amber, then red (the page's JS uses the same).
 SOON_S = 120
 URGENT_S = 30
+DECISIONS = ("APPROVE", "EDIT", "REJECT")
+MAX_COMMENT = 10_000
 
 
 def short_duration(seconds: float) -> str:
@@ -129,43 +131,52 @@ def _json_body(request: HttpRequest) -> dict[str, Any]:
             "the request body is too large", code="payload_too_large", status=413
         ) from None
     try:
-        payload = strict_json.loads(body)
-    except (ValueError, RecursionError) as error:  # JSONDecodeError and bad UTF-8 are ValueErrors
-        raise ApplicationError(
-            f"the body is not valid JSON: {error}", code="invalid_body", status=400
-        ) from None
+        # The one JSON entrance: syntax, NaN, a key twice, depth, NUL, lone surrogates.
+        payload = parse_json(body, "body", path="")
+    except ApplicationError as error:
+        field = _field_of(error)
+        if field == "body" or field.startswith("["):
+            error.code = "invalid_body"  # the body as a whole is not a JSON object this endpoint takes
+        raise
     if not isinstance(payload, dict):
-        raise ApplicationError("the body must be a JSON object", code="invalid_body", status=400)
+        raise invalid("body", "must be a JSON object", code="invalid_body")
     return payload
 
 
+def _field_of(error: ApplicationError) -> str:
+    errors = error.extra.get("errors") or [{}]
+    return str(errors[0].get("field") or "")
+
+
 def _form_body(request: HttpRequest) -> dict[str, Any]:
+    if request.content_type == "application/x-www-form-urlencoded":
+        # Django decodes bad UTF-8 (a lone surrogate) as U+FFFD: a comment other than the one sent.
+        check_form_encoding(request.body)
     decision = request.POST.get("decision", "")
     payload: dict[str, Any] = {"decision": decision, "comment": request.POST.get("comment", "")}
     if decision == "EDIT":
-        try:
-            payload["modified_args"] = parse_arguments(request.POST.get("modified_args", ""))
-        except ArgumentsError as error:
-            raise ApplicationError(f"modified_args: {error}", code="invalid", status=400) from None
+        text = request.POST.get("modified_args", "")
+        if not text.strip():
+            raise invalid("modified_args", "enter the arguments as a JSON object, e.g. {}")
+        payload["modified_args"] = parse_json(text, "modified_args")
     return payload
 
 
 def _decide(request: HttpRequest, call_id: str, payload: dict[str, Any]) -> dict[str, Any]:
-    decision = payload.get("decision")
-    if not isinstance(decision, str):
-        # The service looks the decision up in a dict: a list here would be a TypeError, not a 400.
-        raise ApplicationError(
-            "decision: must be one of APPROVE, EDIT, REJECT",
-            code="invalid",
-            status=400,
-            extra={"errors": [{"field": "decision", "message": "must be one of APPROVE, EDIT, REJECT"}]},
+    decision = check_choice(payload.get("decision"), "decision", DECISIONS)
+    modified_args = payload.get("modified_args")
+    if modified_args is not None:
+        modified_args = check_object(
+            modified_args, "modified_args", max_bytes=hitl_settings().max_arguments_bytes
         )
+    comment = payload.get("comment")
+    comment = check_text("" if comment is None else comment, "comment", max_length=MAX_COMMENT)
     approval = approval_decide(
         call_id=call_id,
         user=request.user,
         decision=decision,
-        modified_args=payload.get("modified_args"),
-        comment=payload.get("comment") or "",
+        modified_args=modified_args,
+        comment=comment,
         channel=DecisionChannel.PAGE,
     )
     return approval_as_dict(approval)

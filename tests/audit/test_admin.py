@@ -175,7 +175,7 @@ def test_filters_by_event_type_kind_and_actor(root):
     assert shown(client.get(CHANGELIST, {"event_type": "agent"})) == []  # exact
     assert shown(client.get(CHANGELIST, {"kind": "event"})) == [error, by_bob, by_alice]
     assert shown(client.get(CHANGELIST, {"kind": "checkpoint"})) == []
-    assert shown(client.get(CHANGELIST, {"kind": "a\x00b"})) == []  # never sent to the database
+    assert client.get(CHANGELIST, {"kind": "a\x00b"}).status_code == 400  # never sent to the database
     assert shown(client.get(CHANGELIST, {"id__lte": str(by_bob)})) == [by_bob, by_alice]
     assert shown(client.get(CHANGELIST, {"actor": "alice"})) == [by_alice]
     assert shown(client.get(CHANGELIST, {"actor": "alice", "event_type": "agent_error_occurred"})) == []

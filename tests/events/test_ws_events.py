@@ -204,7 +204,7 @@ def _session_cookie(username: str, group: str) -> bytes:
 async def test_a_browser_session_needs_its_own_origin():
     cookie = await _session_cookie("carol", "auditors")
     ws = connect(
-        headers=[(b"cookie", cookie), (b"origin", b"http://127.0.0.1:8000"), (b"host", b"127.0.0.1")]
+        headers=[(b"cookie", cookie), (b"origin", b"http://127.0.0.1:8000"), (b"host", b"127.0.0.1:8000")]
     )
     connected, _ = await ws.connect()
     assert connected
@@ -251,7 +251,9 @@ async def test_signing_out_closes_the_browser_sockets():
 
     install_socket_closer(event_bus)
     cookie = await _session_cookie("dora", "auditors")
-    ws = connect(headers=[(b"cookie", cookie), (b"origin", b"http://127.0.0.1:8000")])
+    ws = connect(
+        headers=[(b"cookie", cookie), (b"origin", b"http://127.0.0.1:8000"), (b"host", b"127.0.0.1:8000")]
+    )
     await ws.connect()
     await ws.receive_from(5)
     await event_bus.publish(OperatorSignedOutEvent(username="dora"), wait_for_handlers=True)

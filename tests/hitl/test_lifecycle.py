@@ -185,7 +185,8 @@ def test_a_second_decision_conflicts_and_an_expired_request_cannot_be_approved(p
         approval_decide(call_id="call-2", user=people["operator"].user, decision="APPROVE")
 
 
-def test_expiry_follows_on_expire(people):
+def test_expiry_follows_on_expire(people, settings):
+    settings.HITL_MIN_AUTO_APPROVE_S = 0.001
     ask("reject-me", timeout_s=0.01)
     ask("approve-me", timeout_s=0.01, on_expire="approve")
     time.sleep(0.05)
@@ -510,3 +511,10 @@ async def test_await_decision_wakes_when_the_admin_decides(people):
     assert status in (200, 302)
     assert time.monotonic() - started < 1.0
     assert (decision.decision, decision.channel, decision.decided_by) == ("APPROVE", "admin", "olga")
+
+
+def test_on_expire_approve_needs_a_deadline_someone_can_meet(people):
+    with pytest.raises(ApplicationError) as refused:
+        ask("too-soon", timeout_s=0.001, on_expire="approve")
+    assert refused.value.status == 400 and "timeout_s" in refused.value.message
+    assert not ApprovalRequest.objects.filter(call_id="too-soon").exists()

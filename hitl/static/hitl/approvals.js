@@ -4,6 +4,12 @@
  * The cards of the first paint come from the server; /ws/hitl/ then sends a snapshot (reconciled with
  * the cards, keyed by call_id), new requests, and decisions and expiries, after which a card leaves.
  * While the socket is down the page polls the REST API instead, so it never silently goes stale.
+ *
+ * What the server says a request's status is decides, never a message's type: a card leaves only when
+ * the request it is given is no longer "pending" (or the server's full list of pending requests, the
+ * snapshot or the polled one, does not have it). A "decision" or "expired" message whose request is
+ * still pending only updates the card, as a repeated "request" does.
+ *
  * Decisions are POSTed as JSON to /hitl/requests/<call_id>/decide/ with the CSRF token; the answer
  * (or the error: someone else decided first, invalid arguments, expired) is shown in the card.
  */
@@ -133,11 +139,27 @@
     return false;
   }
 
+  // The request's status as the server gave it: "pending", another status, or "" when it gave none.
+  function statusOf(approval) {
+    return approval && typeof approval.status === "string" ? approval.status : "";
+  }
+
+  // Whether the server says this request has left the queue (a message without a status says nothing).
+  function leftPending(approval) {
+    const status = statusOf(approval);
+    return status !== "" && status !== "pending";
+  }
+
+  // A pending request: a new card, or (already shown) the card updated with what the server sent.
   function add(approval) {
-    if (!approval || !approval.call_id || (approval.status && approval.status !== "pending")) return;
+    if (!approval || typeof approval.call_id !== "string" || !approval.call_id || leftPending(approval)) return;
     const known = entries.get(approval.call_id);
     if (known) {
       known.data = Object.assign({}, known.data, approval);
+      if (known.state === "open") {
+        fill(known.card, known.data);
+        tickEntry(known, serverNow());
+      }
       return;
     }
     const card = newCard(approval);
@@ -169,8 +191,14 @@
   }
 
   // A decision or expiry from anyone: the card leaves (unless our own decision is in flight: its
-  // answer says what happened, and a conflict stays visible in the card).
+  // answer says what happened, and a conflict stays visible in the card). Only the request's status
+  // counts: one the server still calls pending stays (and is updated), whatever the message's type.
   function decided(approval) {
+    if (!approval || typeof approval.call_id !== "string") return;
+    if (!leftPending(approval)) {
+      if (statusOf(approval) === "pending") add(approval);
+      return;
+    }
     const entry = entries.get(approval.call_id);
     if (!entry) return;
     if (entry.state === "busy") {
@@ -186,6 +214,7 @@
   function reconcile(pending) {
     const present = new Set();
     for (const approval of pending) {
+      if (!approval || leftPending(approval)) continue; // in the list, but not pending: not present
       present.add(approval.call_id);
       add(approval);
     }
@@ -660,8 +689,9 @@
       });
       if (response.ok) {
         const page = await response.json();
-        if (!socket.live) {
-          if (page.next) page.results.forEach(add); // only part of the queue: add, drop nothing
+        if (!socket.live && page && Array.isArray(page.results)) {
+          // Only part of the queue: add, drop nothing (a card leaves when it is missing from the whole list).
+          if (page.next) page.results.forEach(add);
           else reconcile(page.results);
         }
       }
@@ -683,14 +713,17 @@
           reconcile(message.pending || []);
           break;
         case "request":
-          if (!entries.has(message.call_id) && (!message.status || message.status === "pending")) {
-            notify("New request: " + message.tool_name + (message.agent ? " from " + message.agent : "") + ".");
-          }
-          add(message);
-          break;
         case "decision":
         case "expired":
-          decided(message);
+          // The type only names why the server wrote; the request's status says what is true now.
+          if (leftPending(message)) {
+            decided(message);
+          } else if (statusOf(message) === "pending" || message.type === "request") {
+            if (message.type === "request" && typeof message.call_id === "string" && !entries.has(message.call_id)) {
+              notify("New request: " + message.tool_name + (message.agent ? " from " + message.agent : "") + ".");
+            }
+            add(message);
+          }
           break;
         case "error":
           if (message.code === "not_authenticated" || message.code === "permission_denied") {
