@@ -36,9 +36,10 @@ from events.admin import (
 from events.event_types import EventType
 
 from .models import AuditEntry
+from .perms import VERIFY_AUDIT
 from .services import AUDITED_EVENT_TYPES, audit_verify
 
-VERIFY_PERMISSION = "audit.verify_audit"
+VERIFY_PERMISSION = VERIFY_AUDIT
 
 
 class AuditTypeFilter(ValueFilter):

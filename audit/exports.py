@@ -36,7 +36,7 @@ from django.db import connection
 from django.db.models import OuterRef, QuerySet, Subquery
 from django.db.models.expressions import RawSQL
 
-from eventbus_project.async_views import off_shared_thread
+from core.async_views import off_shared_thread
 from events.base import format_timestamp
 from events.filters import StoredEventFilter, filtered, parameter_error, validated_filters
 from events.models import StoredEvent

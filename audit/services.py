@@ -11,12 +11,13 @@ import json
 import logging
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any
 
+from django.conf import settings
 from django.db import connection, transaction
 from django.db.backends.utils import CursorWrapper
 
@@ -301,7 +302,6 @@ def _metric_deltas(events: list[BaseEvent]) -> Counter[tuple[str, str, str]]:
 
 def metrics_record_events(cursor: CursorWrapper, events: list[BaseEvent]) -> None:
     """Batch hook of the event store: add the batch's contribution to the metric counters."""
-    from .metrics import bound_metric_keys  # tools and agents per metric: bounded, the rest under "other"
 
     deltas = _metric_deltas(events)
     if not deltas:
@@ -693,3 +693,48 @@ def events_purge(
             _append(cursor, [checkpoint], previous=restart_from)
     logger.info("purged %d events and %d audit entries before %s", deleted_events, deleted_audit, before)
     return PurgeResult(deleted_events, deleted_audit, False)
+
+
+# Metric keys
+
+OTHER = "other"  # where counts of keys beyond the limit go
+
+
+def bound_metric_keys(
+    cursor: Any, deltas: Mapping[tuple[str, str, str], float], limit: int | None = None
+) -> Counter[tuple[str, str, str]]:
+    """The batch's counter deltas with each metric kept to `limit` distinct keys (tools, agents;
+    settings.EVENT_STATS_MAX_TYPES): a key the table does not hold yet, once the metric is full, counts
+    under "other" instead, so made-up names cannot grow the metric counters without bound.
+
+    Runs in the store's batch transaction, under the writers' lock: one query per metric in the batch,
+    two when it brings new keys.
+    """
+    limit = limit if limit is not None else int(getattr(settings, "EVENT_STATS_MAX_TYPES", 1000))
+    table = MetricCounter._meta.db_table
+    by_metric: dict[str, set[str]] = {}
+    for metric, key, _ in deltas:
+        by_metric.setdefault(metric, set()).add(key[:255])
+    admitted: dict[str, set[str]] = {}
+    for metric, keys in by_metric.items():
+        wanted = sorted(keys | {OTHER})
+        placeholders = ", ".join(["%s"] * len(wanted))
+        cursor.execute(
+            f"SELECT DISTINCT key FROM {table} WHERE metric = %s AND key IN ({placeholders})",
+            [metric, *wanted],
+        )
+        existing = {row[0] for row in cursor.fetchall()}
+        new = [key for key in wanted if key not in existing and key != OTHER]
+        if not new:
+            admitted[metric] = existing
+            continue
+        cursor.execute(f"SELECT COUNT(DISTINCT key) FROM {table} WHERE metric = %s", [metric])
+        held = int(cursor.fetchone()[0])
+        # One place is kept for "other" itself.
+        room = max(0, limit - held - (0 if OTHER in existing else 1))
+        admitted[metric] = existing | set(new[:room]) | {OTHER}
+    bounded: Counter[tuple[str, str, str]] = Counter()
+    for (metric, key, field_name), value in deltas.items():
+        key = key[:255]
+        bounded[metric, key if key in admitted[metric] else OTHER, field_name] += value  # type: ignore[assignment]
+    return bounded

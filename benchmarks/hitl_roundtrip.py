@@ -155,12 +155,12 @@ def in_process_child(rounds: int, waiters: int) -> dict[str, Any]:
 async def in_process(rounds: int, waiters: int) -> dict[str, Any]:
     from channels.db import database_sync_to_async
 
+    from accounts.services import api_token_issue
     from audit.models import AuditEntry
     from audit.subscribers import install_subscribers
     from events.event_bus import event_bus
     from events.event_store import event_store
     from events.models import StoredEvent
-    from events.services import api_token_issue
     from hitl.services import Decision, approval_decide, approval_request, await_decision, decision_waiters
 
     def in_thread(fn: Callable[..., Any]) -> Callable[..., Any]:

@@ -19,6 +19,8 @@ import os
 import sys
 import time
 import uuid
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any
 
 from _common import DEFAULT_POSTGRES_SERVER, ROOT, api_token, daphne, manage, positive_int, postgres_database
 
@@ -32,9 +34,10 @@ def log(message: str) -> None:
     print(f"[otlp_ingest] {message}", file=sys.stderr, flush=True)
 
 
-def build_request(batch: int, offset: int, trace: bytes):  # type: ignore[no-untyped-def]
+def build_request(batch: int, offset: int, trace: bytes) -> Any:
     from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
     from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+    from opentelemetry.proto.resource.v1.resource_pb2 import Resource
     from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span
 
     def kv(key: str, value: str) -> KeyValue:
@@ -61,7 +64,7 @@ def build_request(batch: int, offset: int, trace: bytes):  # type: ignore[no-unt
     return ExportTraceServiceRequest(
         resource_spans=[
             ResourceSpans(
-                resource={"attributes": [kv("service.name", "bench")]},
+                resource=Resource(attributes=[kv("service.name", "bench")]),
                 scope_spans=[ScopeSpans(spans=spans)],
             )
         ]
@@ -94,11 +97,10 @@ def main() -> None:
     home = f"/tmp/otlp-bench-{uuid.uuid4().hex[:8]}"
     os.makedirs(home)
     env = {**os.environ, "VAR_DIR": home, "DEBUG": "false", "SECURE_SSL_REDIRECT": "false"}
+    context: AbstractContextManager[str]
     if args.database == "postgres":
         context = postgres_database(DEFAULT_POSTGRES_SERVER, f"bench_otlp_{uuid.uuid4().hex[:8]}")
     else:
-        from contextlib import nullcontext
-
         context = nullcontext(f"sqlite:///{home}/db.sqlite3")
     with context as url:
         env["DATABASE_URL"] = url
@@ -118,10 +120,20 @@ def main() -> None:
         with daphne(env, log) as (port, _pid):
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
             # Warm-up: one of each.
-            post(conn, "/v1/traces", build_request(8, 10**9, uuid.uuid4().bytes).SerializeToString(), token,
-                 "application/x-protobuf")
-            post(conn, "/api/events/", json.dumps(map_spans(build_request(8, 10**9 + 8, uuid.uuid4().bytes))
-                 .events).encode(), token, "application/json")
+            post(
+                conn,
+                "/v1/traces",
+                build_request(8, 10**9, uuid.uuid4().bytes).SerializeToString(),
+                token,
+                "application/x-protobuf",
+            )
+            post(
+                conn,
+                "/api/events/",
+                json.dumps(map_spans(build_request(8, 10**9 + 8, uuid.uuid4().bytes)).events).encode(),
+                token,
+                "application/json",
+            )
             started = time.perf_counter()
             for body in lists:
                 post(conn, "/api/events/", body, token, "application/json")
@@ -135,8 +147,10 @@ def main() -> None:
     otlp_rate = events_total / otlp_s
     print(f"database: {args.database}; {args.spans} spans ({events_total} events) in batches of {args.batch}")
     print(f"POST /api/events/ (lists of {args.batch} events): {rest_rate:,.0f} events/s ({rest_s:.2f} s)")
-    print(f"POST /v1/traces (protobuf, {args.batch} spans): {otlp_rate:,.0f} events/s, "
-          f"{args.spans / otlp_s:,.0f} spans/s ({otlp_s:.2f} s)")
+    print(
+        f"POST /v1/traces (protobuf, {args.batch} spans): {otlp_rate:,.0f} events/s, "
+        f"{args.spans / otlp_s:,.0f} spans/s ({otlp_s:.2f} s)"
+    )
     print(f"goal: OTLP/REST >= {GOAL}")
     print(f"ratio OTLP/REST: {otlp_rate / rest_rate:.2f}")
 

@@ -18,7 +18,7 @@ from urllib.parse import unquote_to_bytes
 
 from django.conf import settings
 
-from eventbus_project.exceptions import ApplicationError
+from core.errors import ApplicationError
 
 DEFAULT_MAX_DEPTH = 64
 

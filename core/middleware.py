@@ -17,10 +17,9 @@ from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.http import HttpRequest, HttpResponse, HttpResponseBase, JsonResponse
 from django.utils.html import escape
 
-from eventbus_project.exceptions import ApplicationError
+from core.errors import ApplicationError
 
 from .json_input import check_query, invalid, text_problem
-
 
 # Paths whose clients read JSON (the API, OTLP); the pages and the admin get a page.
 JSON_PATHS = ("/api/", "/v1/")
@@ -48,7 +47,7 @@ def error_response(error: ApplicationError, request: HttpRequest | None = None) 
     ):
         page = (
             "<!doctype html><title>Bad request</title><h1>Bad request</h1>"
-            f"<p>{escape(error.message)}</p><p><a href=\"/\">Back</a></p>"
+            f'<p>{escape(error.message)}</p><p><a href="/">Back</a></p>'
         )
         return HttpResponse(page, status=error.status, content_type="text/html; charset=utf-8")
     return JsonResponse({"detail": error.message, "code": error.code, **error.extra}, status=error.status)

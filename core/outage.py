@@ -7,7 +7,7 @@ database is back. The pieces:
 
 - `is_outage(error)`: whether an exception means the database cannot be reached (a refused or lost
   connection, the pool's timeout) rather than a bug (an IntegrityError, a ProgrammingError stay 500s);
-- the DRF exception handler (eventbus_project.exceptions) and the agents' long-poll (hitl.longpoll)
+- the DRF exception handler (core.errors) and the agents' long-poll (hitl.longpoll)
   answer such errors with `store_unavailable_body()` and `RETRY_AFTER_S`;
 - StoreOutageMiddleware does the same for Django views outside DRF: JSON under /api/, a plain 503 page
   elsewhere;

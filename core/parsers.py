@@ -14,7 +14,7 @@ from typing import IO, Any
 from django.conf import settings
 from rest_framework.parsers import JSONParser
 
-from eventbus_project.exceptions import PayloadTooLarge
+from core.errors import PayloadTooLarge
 
 from .json_input import parse_json
 

@@ -11,12 +11,12 @@ django_asgi_app = get_asgi_application()
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 
+from accounts.websocket_auth import WebSocketAuthMiddleware  # noqa: E402
+from core.backpressure import paced  # noqa: E402
 from events.lifecycle import install_server_hooks  # noqa: E402
 from hitl.longpoll import long_poll_app  # noqa: E402
 
-from .backpressure import paced  # noqa: E402
 from .routing import websocket_urlpatterns  # noqa: E402
-from .websocket_auth import WebSocketAuthMiddleware  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
@@ -24,7 +24,7 @@ application = ProtocolTypeRouter(
         # Agents' Bearer long-polls are answered without Django's per-request thread (hitl.longpoll).
         # Streamed responses wait for slow clients instead of piling up in memory (backpressure).
         "http": paced(long_poll_app(ASGIStaticFilesHandler(django_asgi_app))),  # type: ignore[arg-type]
-        # A token, or the session cookie behind an Origin check (eventbus_project.websocket_auth).
+        # A token, or the session cookie behind an Origin check (accounts.websocket_auth).
         "websocket": WebSocketAuthMiddleware(URLRouter(websocket_urlpatterns)),
     }
 )

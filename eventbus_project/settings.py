@@ -111,7 +111,7 @@ def _database() -> dict[str, Any]:
     except Exception as error:  # dj-database-url raises several types for a bad URL
         raise ImproperlyConfigured(f"DATABASE_URL is not a usable database URL: {error}") from None
     engine = config["ENGINE"]
-    if engine in ("django.db.backends.sqlite3", "eventbus_project.sqlite3"):
+    if engine in ("django.db.backends.sqlite3", "core.sqlite3"):
         name = Path(config["NAME"])
         if str(name) != ":memory:":
             if not name.is_absolute():
@@ -121,7 +121,7 @@ def _database() -> dict[str, Any]:
         # One writer: WAL lets readers run beside it, IMMEDIATE transactions take the write lock up front,
         # and the backend queues this process's transactions in Python (eventbus_project/sqlite3), so
         # "database is locked" cannot happen inside one process.
-        config["ENGINE"] = "eventbus_project.sqlite3"
+        config["ENGINE"] = "core.sqlite3"
         config["OPTIONS"] = {
             "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
             "transaction_mode": "IMMEDIATE",
@@ -179,14 +179,16 @@ INSTALLED_APPS = [
     "drf_spectacular_sidecar",
     "channels",
     "core",
+    "accounts",
     "events",
     "audit",
     "hitl",
+    "ops",
 ]
 
 MIDDLEWARE = [
     # First, so request latencies (GET /metrics) include every other middleware.
-    "audit.metrics.RequestLatencyMiddleware",
+    "ops.metrics.RequestLatencyMiddleware",
     # A NUL or a lone surrogate in the path or the query string: a 400 before anything queries with it.
     "core.middleware.URLTextMiddleware",
     "django.middleware.security.SecurityMiddleware",
@@ -204,7 +206,7 @@ MIDDLEWARE = [
 
 # axes' backend first: it refuses a locked-out username before ModelBackend checks the password.
 AUTHENTICATION_BACKENDS = [
-    "eventbus_project.sign_in.SignInLockoutBackend",
+    "accounts.sign_in.SignInLockoutBackend",
     "django.contrib.auth.backends.ModelBackend",
 ]
 
@@ -270,13 +272,13 @@ REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     # Bearer first: its WWW-Authenticate header makes "not authenticated" a 401, not a 403.
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "events.auth.BearerTokenAuthentication",
+        "accounts.auth.BearerTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     # Every JSON body through the one entrance (core.json_input): depth, NUL, lone surrogates, NaN.
     "DEFAULT_PARSER_CLASSES": ["core.parsers.StrictJSONParser"],
-    "EXCEPTION_HANDLER": "eventbus_project.exceptions.api_exception_handler",
+    "EXCEPTION_HANDLER": "core.errors.api_exception_handler",
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "Agent event bus API",
@@ -326,7 +328,7 @@ AXES_LOCKOUT_PARAMETERS = ["username"]
 # lock-out per username. Per address would lock everyone behind one proxy (or NAT) out together.
 SILENCED_SYSTEM_CHECKS = ["axes.W006"]
 AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT = False
-AXES_LOCKOUT_CALLABLE = "eventbus_project.sign_in.lockout_response"
+AXES_LOCKOUT_CALLABLE = "accounts.sign_in.lockout_response"
 
 # HTTPS (see the docstring): production defaults for a deployment, plain http on this machine's loopback.
 _LOOPBACK_NAMES = {"localhost", ".localhost"}

@@ -9,14 +9,12 @@ from audit.api import (
     AuditPublicKeyView,
     AuditTrailView,
     AuditVerifyView,
-    MetricsView,
-    PrometheusView,
-    StatsView,
 )
 from events.api import EventDetailView, EventsView
-from events.health import healthz
 from events.otlp import OtlpTracesView
 from hitl.api import ApprovalCancelView, ApprovalDecisionView, ApprovalRequestDetailView, ApprovalRequestsView
+from ops.api import MetricsView, PrometheusView, StatsView
+from ops.health import healthz
 
 urlpatterns = [
     path("healthz", healthz, name="healthz"),

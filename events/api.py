@@ -24,8 +24,9 @@ from rest_framework.permissions import IsAuthenticated
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from eventbus_project.async_views import AsyncAPIView, off_shared_thread
-from eventbus_project.exceptions import ApplicationError
+from accounts.permissions import HasMethodPermission
+from core.async_views import AsyncAPIView, off_shared_thread
+from core.errors import ApplicationError
 
 from .conf import max_body_bytes
 from .filters import (
@@ -37,8 +38,7 @@ from .filters import (
 )
 from .ingest import declared_length, read_events
 from .models import row_to_contract_dict
-from .permissions import HasMethodPermission
-from .roles import PUBLISH_EVENTS
+from .perms import PUBLISH_EVENTS, VIEW_EVENTS
 from .selectors import stored_event_get, stored_event_rows
 from .serializers import (
     ErrorSerializer,
@@ -51,7 +51,6 @@ from .services import events_publish
 
 logger = logging.getLogger("events")
 
-VIEW_EVENTS = "events.view_storedevent"  # auditors and operators (events.roles)
 JSON_CONTENT_TYPES = ("application/json",)
 
 _ERROR_RESPONSES = {

@@ -26,6 +26,12 @@ async def start_distributed_bus() -> None:
 class EventsConfig(AppConfig):
     name = "events"
     verbose_name = "Events"
+    # What the roles (accounts.roles) get of this app.
+    role_permissions = {
+        "operators": ("events.view_storedevent",),
+        "auditors": ("events.view_storedevent",),
+        "agents": ("events.publish_events",),
+    }
 
     def ready(self) -> None:
         from . import signals

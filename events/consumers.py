@@ -14,14 +14,15 @@ from typing import Any
 
 from channels.generic.websocket import AsyncWebsocketConsumer
 
+from core.async_views import off_shared_thread
+from core.errors import ApplicationError
 from core.json_input import parse_json
-from eventbus_project.async_views import off_shared_thread
-from eventbus_project.exceptions import ApplicationError
 
 from .base import BaseEvent
 from .event_bus import EventBus, event_bus
 from .event_types import EventType
 from .live import FEED_FILTERS, Listener, live_feed
+from .perms import VIEW_EVENTS
 
 logger = logging.getLogger("events")
 
@@ -270,7 +271,7 @@ def _stored_page(after: int, up_to: int | None, filters: dict[str, str]) -> list
 class EventFeedConsumer(LiveConsumer):
     """/ws/events/: stored events after `after` (if given), then live ones, all matching the filters."""
 
-    permission = "events.view_storedevent"
+    permission = VIEW_EVENTS
     actions = ("ping", "resume")
 
     async def start(self) -> None:

@@ -755,7 +755,7 @@ def _row_to_event(row: dict[str, Any]) -> BaseEvent:
 
 async def _in_thread(fn: Callable[..., Any], **kwargs: Any) -> Any:
     """Run a selector in a worker thread with a fresh-enough connection (async code never runs ORM)."""
-    from eventbus_project.async_views import off_shared_thread
+    from core.async_views import off_shared_thread
 
     return await off_shared_thread(fn)(**kwargs)
 

@@ -22,8 +22,8 @@ from rest_framework.exceptions import NotFound
 from rest_framework.pagination import Cursor, CursorPagination
 from rest_framework.request import Request
 
+from core.errors import ApplicationError
 from core.json_input import check_query, shown_value
-from eventbus_project.exceptions import ApplicationError
 
 from .event_types import EventCategory
 from .models import StoredEvent

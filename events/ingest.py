@@ -17,8 +17,8 @@ from typing import Any
 from django.http import HttpRequest
 from rest_framework import exceptions
 
+from core.errors import ApplicationError, PayloadTooLarge
 from core.json_input import check_json, invalid, json_type, max_depth
-from eventbus_project.exceptions import ApplicationError, PayloadTooLarge
 
 from .base import BaseEvent
 from .event_types import EVENT_TYPE_PATTERN, EventType, is_server_only

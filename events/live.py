@@ -175,7 +175,7 @@ class LiveFeed:
         self._task = loop.create_task(self._run(self._started), name="live-feed-reader")
 
     async def _run(self, started: asyncio.Future[int]) -> None:
-        from eventbus_project.async_views import off_shared_thread
+        from core.async_views import off_shared_thread
 
         from .selectors import last_stored_position
 

@@ -1,17 +1,12 @@
-"""The durable event store: every event with its global position, and the API tokens of agents."""
+"""The durable event store: every event with its global position, the writers' counter, purge permits."""
 
 from __future__ import annotations
 
-import hashlib
-import secrets
 from typing import Any
 
-from django.conf import settings
 from django.db import models
 
 from .base import BaseEvent
-
-TOKEN_PREFIX = "ebt_"
 
 
 class StoredEvent(models.Model):
@@ -101,38 +96,3 @@ class PurgePermit(models.Model):
 
     def __str__(self) -> str:
         return self.reason
-
-
-def hash_token(raw: str) -> str:
-    """Tokens are kept as SHA-256 digests, never in plain text."""
-    return hashlib.sha256(raw.encode()).hexdigest()
-
-
-class ApiTokenQuerySet(models.QuerySet["ApiToken"]):
-    def active(self) -> ApiTokenQuerySet:
-        return self.filter(revoked_at__isnull=True, user__is_active=True)
-
-
-class ApiToken(models.Model):
-    """A bearer token of an agent runtime (or a script); only its digest and first characters are kept."""
-
-    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens")
-    name = models.CharField(max_length=100, blank=True)
-    prefix = models.CharField(max_length=12, help_text="The first characters, to tell tokens apart.")
-    key_hash = models.CharField(max_length=64, unique=True)
-    created_at = models.DateTimeField(auto_now_add=True)
-    last_used_at = models.DateTimeField(null=True, blank=True)
-    revoked_at = models.DateTimeField(null=True, blank=True)
-
-    objects = ApiTokenQuerySet.as_manager()
-
-    class Meta:
-        verbose_name = "API token"
-
-    def __str__(self) -> str:
-        return f"{self.prefix}… ({self.user})"
-
-    @staticmethod
-    def generate() -> str:
-        """A new random token string (shown once to its owner)."""
-        return TOKEN_PREFIX + secrets.token_urlsafe(32)

@@ -43,15 +43,15 @@ from rest_framework import exceptions
 from rest_framework.permissions import IsAuthenticated
 from rest_framework.request import Request
 
+from accounts.permissions import HasMethodPermission
+from core.async_views import AsyncAPIView, off_shared_thread
+from core.errors import ApplicationError, PayloadTooLarge
 from core.json_input import invalid
-from eventbus_project.async_views import AsyncAPIView, off_shared_thread
-from eventbus_project.exceptions import ApplicationError, PayloadTooLarge
 
 from .base import BaseEvent, format_timestamp
 from .conf import max_body_bytes
 from .ingest import declared_length, read_body, validate_events
-from .permissions import HasMethodPermission
-from .roles import PUBLISH_EVENTS
+from .perms import PUBLISH_EVENTS
 from .serializers import ErrorSerializer
 from .services import events_publish
 

@@ -6,10 +6,7 @@ from typing import Any
 from django.db.models import QuerySet
 
 from .event_store import _EVENT_COLUMNS
-from .models import ApiToken, StoredEvent, hash_token, row_to_contract_dict
-
-# Longer than any token ApiToken.generate() makes; hashing megabytes of header is pointless.
-MAX_RAW_TOKEN_LENGTH = 256
+from .models import StoredEvent, row_to_contract_dict
 
 # The stored columns an event is read back from: every column the store writes but its own timestamp.
 STORED_EVENT_FIELDS = tuple(column for column in _EVENT_COLUMNS if column != "stored_at")
@@ -46,13 +43,6 @@ def last_stored_position() -> int:
     """The highest position stored (0 when the store is empty)."""
     last = StoredEvent.objects.order_by("-position").values_list("position", flat=True).first()
     return last or 0
-
-
-def api_token_get_active(*, raw_token: str) -> ApiToken | None:
-    """The active token (not revoked, its user active) whose digest matches `raw_token`, user loaded."""
-    if not raw_token or len(raw_token) > MAX_RAW_TOKEN_LENGTH:
-        return None
-    return ApiToken.objects.active().select_related("user").filter(key_hash=hash_token(raw_token)).first()
 
 
 def stored_positions(*, event_ids: list[str]) -> dict[str, int]:

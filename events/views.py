@@ -23,9 +23,9 @@ from .admin import timeline_url, trace_url
 from .event_types import EventCategory, EventType
 from .filters import MAX_ID_LENGTH, MAX_POSITION
 from .models import row_to_contract_dict
+from .perms import VIEW_EVENTS as VIEW_PERMISSION
 from .selectors import last_stored_position, stored_event_rows
 
-VIEW_PERMISSION = "events.view_storedevent"
 FILTERS = ("session_id", "correlation_id", "event_type", "event_category")
 INITIAL_ROWS = 50
 MAX_ROWS = 500  # rows kept in the page; older ones leave as new ones arrive

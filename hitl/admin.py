@@ -31,8 +31,8 @@ from django.utils.html import format_html
 from django.utils.safestring import SafeString
 from django.utils.timesince import timeuntil
 
+from core.errors import ApplicationError
 from core.json_input import check_form_encoding, check_object, parse_json
-from eventbus_project.exceptions import ApplicationError
 
 from .conf import hitl_settings
 from .models import ApprovalRequest, ApprovalStatus, DecisionChannel

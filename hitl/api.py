@@ -1,13 +1,12 @@
 """The approval requests API: agents ask and wait, operators decide.
 
-Async views (eventbus_project.async_views): the long-poll holds no thread and no database connection
+Async views (core.async_views): the long-poll holds no thread and no database connection
 while it waits, and the services run in worker threads, never on the thread sync views share.
 """
 
 from __future__ import annotations
 
 import math
-import re
 from typing import Any
 
 from django.core.validators import RegexValidator
@@ -19,18 +18,26 @@ from rest_framework.permissions import BasePermission, IsAuthenticated
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from core.async_views import AsyncAPIView, off_shared_thread
+from core.errors import ApplicationError
 from core.json_input import check_object, invalid, json_type, shown_value
+from core.params import int_param, seconds_param
 from core.parsers import StrictJSONParser
-from eventbus_project.async_views import AsyncAPIView, off_shared_thread
-from eventbus_project.exceptions import ApplicationError
 from events.serializers import ErrorSerializer
 
 from .conf import hitl_settings
-from .models import ApprovalRequest, DecisionChannel, OnExpire
-from .selectors import VIEW_PERMISSION, approval_as_dict, approval_filters, approval_list
+from .models import DecisionChannel, OnExpire
+from .perms import REQUEST_APPROVAL
+from .selectors import (
+    VIEW_PERMISSION,
+    approval_as_dict,
+    approval_filters,
+    approval_list,
+    approval_visible_get,
+)
 from .services import DECIDE_PERMISSION, approval_cancel, approval_decide, approval_request, await_decision
 
-REQUEST_PERMISSION = "hitl.request_approval"
+REQUEST_PERMISSION = REQUEST_APPROVAL
 MAX_WAIT_S = 60
 MAX_PAGE = 200
 MAX_TEXT = 10_000
@@ -187,13 +194,6 @@ def _body(request: Request) -> Any:
     return data
 
 
-def _load_visible(user: Any, call_id: str) -> ApprovalRequest:
-    request = ApprovalRequest.objects.filter(call_id=call_id).first()
-    if request is None or not (user.has_perm(VIEW_PERMISSION) or request.requested_by_id == user.pk):
-        raise ApplicationError(f"no approval request has call_id {call_id!r}", code="not_found", status=404)
-    return request
-
-
 class ApprovalRequestsView(AsyncAPIView):
     """List approval requests, or ask for one."""
 
@@ -223,8 +223,8 @@ class ApprovalRequestsView(AsyncAPIView):
     async def get(self, request: Request) -> Response:
         """Newest first; operators see all, an agent its own."""
         params = request.query_params
-        limit = _int_param(params.get("limit"), "limit", default=50, low=1, high=MAX_PAGE)
-        before = _int_param(params.get("before"), "before", default=None, low=1, high=MAX_ID)
+        limit = int_param(params.get("limit"), "limit", default=50, low=1, high=MAX_PAGE)
+        before = int_param(params.get("before"), "before", default=None, low=1, high=MAX_ID)
         filters = approval_filters(params)
         results, next_before = await off_shared_thread(approval_list)(
             user=request.user, filters=filters, before_id=before, limit=limit
@@ -292,12 +292,12 @@ class ApprovalRequestDetailView(AsyncAPIView):
     )
     async def get(self, request: Request, call_id: str) -> Response:
         """The request as it is now, or once decided when `wait` is given."""
-        wait = _float_param(request.query_params.get("wait"), "wait", high=MAX_WAIT_S)
-        approval = await off_shared_thread(_load_visible)(request.user, call_id)
+        wait = seconds_param(request.query_params.get("wait"), "wait", high=MAX_WAIT_S)
+        approval = await off_shared_thread(approval_visible_get)(user=request.user, call_id=call_id)
         if wait and approval.is_pending:
             # Holds no thread and no connection while it waits: a future resolved by the bus.
             await await_decision(call_id, timeout=wait)
-            approval = await off_shared_thread(_load_visible)(request.user, call_id)
+            approval = await off_shared_thread(approval_visible_get)(user=request.user, call_id=call_id)
         return Response(approval_as_dict(approval))
 
 
@@ -357,40 +357,3 @@ class ApprovalCancelView(AsyncAPIView):
         """200 with the cancelled request; 409 when it is no longer pending."""
         approval = await off_shared_thread(approval_cancel)(call_id=call_id, user=request.user)
         return Response(approval_as_dict(approval))
-
-
-_DIGITS = re.compile(r"[0-9]{1,20}")
-_DECIMAL = re.compile(r"[0-9]{1,20}(?:\.[0-9]{1,20})?")
-
-
-def _int_param(raw: str | None, name: str, *, default: int | None, low: int, high: int | None) -> int | None:
-    if raw is None or raw == "":
-        return default
-    # Digits only: int() would also take " 5", "+5" and "5_0", a padded or disguised value.
-    if not _DIGITS.fullmatch(raw):
-        raise _bad_param(name, f"{shown_value(raw)} is not a whole number written in digits")
-    value = int(raw)
-    if value < low or (high is not None and value > high):
-        raise _bad_param(name, f"must be between {low} and {high}" if high else f"must be at least {low}")
-    return value
-
-
-def _float_param(raw: str | None, name: str, *, high: float) -> float:
-    if raw is None or raw == "":
-        return 0.0
-    # float() would also take " 5", "1e1", "nan" and "5_0".
-    if not _DECIMAL.fullmatch(raw):
-        raise _bad_param(name, f"{shown_value(raw)} is not a number of seconds, e.g. 30 or 2.5")
-    value = float(raw)
-    if not 0 <= value <= high:
-        raise _bad_param(name, f"must be between 0 and {high:g}")
-    return value
-
-
-def _bad_param(name: str, message: str) -> ApplicationError:
-    return ApplicationError(
-        f"{name}: {message}",
-        code="invalid",
-        status=400,
-        extra={"errors": [{"field": name, "message": message}]},
-    )

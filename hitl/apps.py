@@ -4,6 +4,11 @@ from django.apps import AppConfig
 class HitlConfig(AppConfig):
     name = "hitl"
     verbose_name = "Human approval"
+    # What the roles (accounts.roles) get of this app.
+    role_permissions = {
+        "operators": ("hitl.view_approvalrequest", "hitl.decide_approvalrequest"),
+        "agents": ("hitl.request_approval",),
+    }
 
     def ready(self) -> None:
         from events.event_bus import event_bus

@@ -25,9 +25,9 @@ from typing import Any
 
 from django.conf import settings
 
+from core.async_views import off_shared_thread
+from core.errors import ApplicationError
 from core.json_input import check_object, check_text, invalid, json_type, text_problem
-from eventbus_project.async_views import off_shared_thread
-from eventbus_project.exceptions import ApplicationError
 from events.base import BaseEvent
 from events.consumers import LiveConsumer
 from events.event_types import EventType

@@ -25,13 +25,14 @@ from urllib.parse import parse_qs
 from channels.db import database_sync_to_async
 from rest_framework import exceptions
 
+from accounts.auth import KEYWORD, authenticate_token
+from core.errors import ApplicationError
 from core.json_input import invalid, text_problem
 from core.outage import is_outage, note_outage, retry_after_headers, store_unavailable_body
-from eventbus_project.exceptions import ApplicationError
-from events.auth import KEYWORD, authenticate_token
+from core.params import seconds_param
 
-from .api import MAX_WAIT_S, CanSeeApprovals, _float_param, _load_visible, may_see_approvals
-from .selectors import approval_as_dict
+from .api import MAX_WAIT_S, CanSeeApprovals, may_see_approvals
+from .selectors import approval_as_dict, approval_visible_get
 from .services import await_decision
 
 Scope = MutableMapping[str, Any]
@@ -72,7 +73,7 @@ def _check(raw_token: str, call_id: str) -> dict[str, Any]:
     user, _ = authenticate_token(raw_token)
     if not may_see_approvals(user):
         raise exceptions.PermissionDenied(CanSeeApprovals.message)
-    return approval_as_dict(_load_visible(user, call_id))
+    return approval_as_dict(approval_visible_get(user=user, call_id=call_id))
 
 
 def long_poll_app(django_app: ASGIApp) -> ASGIApp:
@@ -89,7 +90,7 @@ def long_poll_app(django_app: ASGIApp) -> ASGIApp:
             if problem:
                 raise invalid("call_id", problem)
             query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
-            wait = _float_param(query.get("wait", [""])[-1], "wait", high=MAX_WAIT_S)
+            wait = seconds_param(query.get("wait", [""])[-1], "wait", high=MAX_WAIT_S)
             check = database_sync_to_async(_check, thread_sensitive=False)
             body = await check(raw_token, call_id)
             if body["status"] == "pending" and wait:

@@ -6,15 +6,17 @@ from typing import TYPE_CHECKING, Any
 
 from django.db.models import Case, IntegerField, QuerySet, Value, When
 
+from core.errors import ApplicationError
 from core.json_input import check_choice, check_text, invalid, shown_value
 from events.base import format_timestamp
 
 from .models import ApprovalRequest, ApprovalStatus
+from .perms import VIEW_APPROVALS
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import AnonymousUser, User
 
-VIEW_PERMISSION = "hitl.view_approvalrequest"
+VIEW_PERMISSION = VIEW_APPROVALS
 FILTERS = ("status", "tool_name", "agent", "session_id")
 MAX_FILTER_LENGTH = 255
 
@@ -68,6 +70,15 @@ def approvals_visible_to(user: User | AnonymousUser) -> QuerySet[ApprovalRequest
     if user.has_perm(VIEW_PERMISSION):
         return ApprovalRequest.objects.all()
     return ApprovalRequest.objects.filter(requested_by_id=user.pk)
+
+
+def approval_visible_get(*, user: User | AnonymousUser, call_id: str) -> ApprovalRequest:
+    """The request `call_id` if `user` may see it (operators: all; an agent: its own); else a 404 that
+    says nothing of whether it exists."""
+    request = approvals_visible_to(user).filter(call_id=call_id).first()
+    if request is None:
+        raise ApplicationError(f"no approval request has call_id {call_id!r}", code="not_found", status=404)
+    return request
 
 
 def pending_first(queryset: QuerySet[ApprovalRequest]) -> QuerySet[ApprovalRequest]:

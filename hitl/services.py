@@ -22,8 +22,8 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from audit.services import canonical_json
+from core.errors import ApplicationError
 from core.json_input import check_object, invalid, text_problem
-from eventbus_project.exceptions import ApplicationError
 from events.base import BaseEvent
 from events.event_bus import EventBus, event_bus
 from events.event_types import EventType
@@ -32,6 +32,7 @@ from events.tool_events import HITLDecisionMadeEvent, ToolApprovalCancelledEvent
 
 from .conf import hitl_settings, tool_schema
 from .models import ApprovalRequest, ApprovalStatus, DecisionChannel, OnExpire
+from .perms import DECIDE_APPROVALS
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import AnonymousUser, User
@@ -43,7 +44,7 @@ DECISIONS = {
     "EDIT": ApprovalStatus.EDITED,
     "REJECT": ApprovalStatus.REJECTED,
 }
-DECIDE_PERMISSION = "hitl.decide_approvalrequest"
+DECIDE_PERMISSION = DECIDE_APPROVALS
 MAX_TEXT = 255
 
 

@@ -41,7 +41,9 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 from django.db import transaction
 
-from eventbus_project.exceptions import ApplicationError
+from accounts.roles import AGENTS
+from accounts.services import roles_setup
+from core.errors import ApplicationError
 from events.agent_events import (
     AgentErrorOccurredEvent,
     AgentProcessingCompletedEvent,
@@ -50,8 +52,6 @@ from events.agent_events import (
 )
 from events.base import BaseEvent
 from events.event_bus import event_bus
-from events.roles import AGENTS
-from events.services import roles_setup
 from events.session_events import MessageAddedEvent, SessionCreatedEvent
 from events.tool_events import (
     ToolExecutionCompletedEvent,

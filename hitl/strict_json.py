@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from core.errors import ApplicationError
 from core.json_input import parse_json
-from eventbus_project.exceptions import ApplicationError
 
 
 class StrictJSONError(ValueError):

@@ -22,8 +22,8 @@ from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_POST, require_safe
 
+from core.errors import ApplicationError
 from core.json_input import check_choice, check_form_encoding, check_object, check_text, invalid, parse_json
-from eventbus_project.exceptions import ApplicationError
 from events.base import format_timestamp
 from events.views import forbidden
 

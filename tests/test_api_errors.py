@@ -5,7 +5,7 @@ from django.core.exceptions import PermissionDenied, RequestDataTooBig
 from django.http import Http404
 from rest_framework import exceptions, serializers
 
-from eventbus_project.exceptions import ApplicationError, api_exception_handler
+from core.errors import ApplicationError, api_exception_handler
 
 
 class Item(serializers.Serializer):

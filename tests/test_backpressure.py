@@ -4,7 +4,7 @@ import asyncio
 import functools
 from typing import Any
 
-from eventbus_project.backpressure import paced
+from core.backpressure import paced
 
 
 class FakeTwistedRequest:

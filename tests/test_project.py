@@ -39,7 +39,7 @@ async def test_healthz_checks_redis_when_configured():
 
 @pytest.mark.django_db
 async def test_healthz_is_503_when_a_dependency_is_down(monkeypatch, settings):
-    from events import health
+    from ops import health
 
     async def broken() -> None:
         raise ConnectionError("database unreachable")

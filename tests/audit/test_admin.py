@@ -10,13 +10,13 @@ from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
+from accounts.roles import AUDITORS
+from accounts.services import roles_setup
 from audit.models import AuditEntry
 from events.agent_events import AgentErrorOccurredEvent, AgentSwitchedEvent
 from events.base import BaseEvent
 from events.db_triggers import install_append_only
 from events.event_store import event_store
-from events.roles import AUDITORS
-from events.services import roles_setup
 from events.tool_events import ToolExecutionFailedEvent
 
 pytestmark = pytest.mark.django_db(transaction=True)

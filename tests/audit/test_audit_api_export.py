@@ -19,6 +19,7 @@ from django.db import connection
 from django.test import AsyncClient
 from django.test.utils import CaptureQueriesContext
 
+from accounts.services import api_token_issue
 from audit import exports
 from audit.management.commands import export_audit
 from audit.models import AuditEntry
@@ -29,7 +30,6 @@ from events.event_bus import event_bus
 from events.event_store import event_store
 from events.models import StoredEvent, row_to_contract_dict
 from events.selectors import CONTRACT_FIELDS
-from events.services import api_token_issue
 from events.tool_events import ToolExecutionFailedEvent
 from tests.events.test_events_read_api import queries_in_every_thread
 

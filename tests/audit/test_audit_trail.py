@@ -211,7 +211,7 @@ def test_the_actor_is_recorded_on_the_audit_entry():
 def test_verify_api_answers_auditors_and_refuses_others():
     from django.test import Client
 
-    from events.services import api_token_issue
+    from accounts.services import api_token_issue
 
     publish_critical(3)
     auditor = api_token_issue(username="auditor-1", group="auditors").token

@@ -21,6 +21,7 @@ from django.core.management.base import CommandError
 from django.db import connection
 from django.test import Client
 
+from accounts.services import api_token_issue
 from audit import signing
 from audit.models import GENESIS_HASH, AuditEntry
 from audit.services import audit_verify, chain_hash, events_purge
@@ -30,7 +31,6 @@ from events.base import BaseEvent
 from events.db_triggers import install_append_only
 from events.event_bus import event_bus
 from events.event_store import event_store
-from events.services import api_token_issue
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -15,9 +15,9 @@ from django.contrib.messages import get_messages
 from django.test import Client
 from django.urls import reverse
 
+from accounts.roles import OPERATORS
+from accounts.services import api_token_issue, roles_setup
 from eventbus_project.asgi import application
-from events.roles import OPERATORS
-from events.services import api_token_issue, roles_setup
 from hitl.models import ApprovalRequest
 from hitl.services import approval_request
 

@@ -17,10 +17,10 @@ from django.urls import reverse
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from accounts.roles import OPERATORS
+from accounts.services import api_token_issue, roles_setup
 from audit.models import AuditEntry
 from eventbus_project.asgi import application
-from events.roles import OPERATORS
-from events.services import api_token_issue, roles_setup
 from hitl.models import ApprovalRequest, ApprovalStatus
 from hitl.services import approval_request
 

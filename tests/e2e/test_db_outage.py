@@ -521,12 +521,12 @@ def test_a_long_poll_answers_503_store_unavailable_when_the_database_is_unreacha
 def test_the_token_lookup_failing_on_an_unreachable_database_is_503_store_unavailable(
     client: Any, monkeypatch: pytest.MonkeyPatch, error: Exception
 ) -> None:
-    import events.auth
+    import accounts.auth
 
     def unreachable(*, raw_token: str) -> Any:
         raise error
 
-    monkeypatch.setattr(events.auth, "api_token_get_active", unreachable)
+    monkeypatch.setattr(accounts.auth, "api_token_get_active", unreachable)
     response = client.post(
         "/api/events/", data="{}", content_type="application/json", HTTP_AUTHORIZATION="Bearer ebt_x"
     )
@@ -536,7 +536,7 @@ def test_the_token_lookup_failing_on_an_unreachable_database_is_503_store_unavai
 
 
 def test_a_database_error_that_is_not_an_outage_stays_a_bug() -> None:
-    from eventbus_project.exceptions import api_exception_handler
+    from core.errors import api_exception_handler
 
     assert api_exception_handler(IntegrityError("duplicate key"), {"request": None}) is None
     answer = api_exception_handler(PoolTimeout("couldn't get a connection after 2.00 sec"), {"request": None})

@@ -30,7 +30,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
 
 def test_the_otlp_http_exporter_delivers_genai_spans_as_events(server: LiveServer) -> None:
     token = server.create_agent_token("otel-runtime")
-    auditor = server.manage("create_api_token", "otel-auditor", "--group", "auditors").strip().splitlines()[-1]
+    auditor = (
+        server.manage("create_api_token", "otel-auditor", "--group", "auditors").strip().splitlines()[-1]
+    )
     exporter = OTLPSpanExporter(
         endpoint=f"{server.url}/v1/traces",
         headers={"Authorization": f"Bearer {token}"},
@@ -41,14 +43,21 @@ def test_the_otlp_http_exporter_delivers_genai_spans_as_events(server: LiveServe
     tracer = provider.get_tracer("test")
     with tracer.start_as_current_span(
         "invoke_agent planner",
-        attributes={"gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": "planner",
-                    "gen_ai.conversation.id": "trip-42"},
+        attributes={
+            "gen_ai.operation.name": "invoke_agent",
+            "gen_ai.agent.name": "planner",
+            "gen_ai.conversation.id": "trip-42",
+        },
     ) as root:
         for n in range(3):
             with tracer.start_as_current_span(
                 f"execute_tool book_{n}",
-                attributes={"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": "book_flight",
-                            "gen_ai.tool.call.id": f"call-{n}", "gen_ai.conversation.id": "trip-42"},
+                attributes={
+                    "gen_ai.operation.name": "execute_tool",
+                    "gen_ai.tool.name": "book_flight",
+                    "gen_ai.tool.call.id": f"call-{n}",
+                    "gen_ai.conversation.id": "trip-42",
+                },
             ) as tool:
                 if n == 2:
                     tool.set_status(Status(StatusCode.ERROR, "no seats"))
@@ -57,7 +66,8 @@ def test_the_otlp_http_exporter_delivers_genai_spans_as_events(server: LiveServe
     provider.shutdown()
 
     request = urllib.request.Request(
-        f"{server.url}/api/events/?session_id=trip-42&limit=100", headers={"Authorization": f"Bearer {auditor}"}
+        f"{server.url}/api/events/?session_id=trip-42&limit=100",
+        headers={"Authorization": f"Bearer {auditor}"},
     )
     with urllib.request.urlopen(request, timeout=10) as response:
         events = json.loads(response.read())["results"]

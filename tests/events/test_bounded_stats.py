@@ -7,13 +7,13 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.test import Client
 
-from audit.metrics import bound_metric_keys, bus_families
+from accounts.services import api_token_issue
 from audit.models import MetricCounter
-from audit.services import metrics_record_events
+from audit.services import bound_metric_keys, metrics_record_events
 from events.base import BaseEvent
 from events.event_bus import DEFAULT_MAX_STATS_TYPES, EventBus, event_bus
-from events.services import api_token_issue
 from events.tool_events import ToolExecutionRequestedEvent
+from ops.metrics import bus_families
 
 
 def test_the_default_cap_and_the_setting():

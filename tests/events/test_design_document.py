@@ -9,6 +9,7 @@ from datetime import datetime
 
 import pytest
 
+from audit.subscribers import audit_logger, metrics_collector
 from events.agent_events import (
     AgentErrorOccurredEvent,
     AgentProcessingCompletedEvent,
@@ -19,7 +20,6 @@ from events.event_bus import event_bus
 from events.event_store import event_store
 from events.event_types import EventCategory, EventType
 from events.session_events import MessageAddedEvent, SessionCreatedEvent
-from events.subscribers import audit_logger, metrics_collector
 from events.tool_events import HITLDecisionMadeEvent, ToolApprovalRequiredEvent, ToolExecutionRequestedEvent
 
 logger = logging.getLogger("events")

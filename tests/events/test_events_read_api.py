@@ -11,13 +11,13 @@ from channels.db import database_sync_to_async
 from django.db.backends.signals import connection_created
 from django.test import AsyncClient
 
+from accounts.services import api_token_issue
 from events.agent_events import AgentSwitchedEvent
 from events.base import BaseEvent
 from events.event_bus import event_bus
 from events.event_store import event_store
 from events.models import StoredEvent, row_to_contract_dict
 from events.selectors import CONTRACT_FIELDS
-from events.services import api_token_issue
 from events.session_events import SessionCreatedEvent
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -9,11 +9,11 @@ from django.contrib.staticfiles import finders
 from django.test import Client
 from django.urls import reverse
 
+from accounts.roles import AUDITORS, OPERATORS
+from accounts.services import roles_setup
 from events import views
 from events.base import BaseEvent
 from events.event_store import event_store
-from events.roles import AUDITORS, OPERATORS
-from events.services import roles_setup
 from tests.hitl.test_page import dom, json_config
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -8,9 +8,9 @@ import pytest
 from channels.db import database_sync_to_async
 from django.test import AsyncClient
 
+from accounts.services import api_token_issue
 from events.event_store import event_store
 from events.models import StoredEvent
-from events.services import api_token_issue
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -28,7 +28,11 @@ def session_id() -> str:
 
 
 def step(session_id: str, **data) -> dict:
-    return {"event_type": "message_added", "session_id": session_id, "data": {"role": "assistant", "content": "x", **data}}
+    return {
+        "event_type": "message_added",
+        "session_id": session_id,
+        "data": {"role": "assistant", "content": "x", **data},
+    }
 
 
 def nested(depth: int) -> dict:
@@ -47,7 +51,9 @@ async def post(body, token: str):
 @database_sync_to_async
 def stored(session_id: str) -> list[str]:
     return list(
-        StoredEvent.objects.filter(session_id=session_id).order_by("position").values_list("event_type", flat=True)
+        StoredEvent.objects.filter(session_id=session_id)
+        .order_by("position")
+        .values_list("event_type", flat=True)
     )
 
 
@@ -67,7 +73,10 @@ def stored(session_id: str) -> list[str]:
 async def test_every_type_of_the_approval_lifecycle_and_of_operators_is_the_servers(
     agent_token, session_id, event_type
 ):
-    body = [step(session_id), {"event_type": event_type, "session_id": session_id, "source": "hitl", "data": {}}]
+    body = [
+        step(session_id),
+        {"event_type": event_type, "session_id": session_id, "source": "hitl", "data": {}},
+    ]
     response = await post(body, agent_token)
     assert response.status_code == 403, response.content
     assert response.json()["code"] == "reserved_event_type"
@@ -76,11 +85,22 @@ async def test_every_type_of_the_approval_lifecycle_and_of_operators_is_the_serv
 
 @pytest.mark.parametrize(
     "event_type",
-    ["hitl_decision_made ", "HITL_DECISION_MADE", "Tool_approval_cancelled", "hitl_decision_made\n", "a" * 101,
-     "1abc", "with space", "hitl-decision", "é"],
+    [
+        "hitl_decision_made ",
+        "HITL_DECISION_MADE",
+        "Tool_approval_cancelled",
+        "hitl_decision_made\n",
+        "a" * 101,
+        "1abc",
+        "with space",
+        "hitl-decision",
+        "é",
+    ],
 )
 async def test_a_look_alike_spelling_is_not_a_type(agent_token, session_id, event_type):
-    response = await post([step(session_id), {"event_type": event_type, "session_id": session_id}], agent_token)
+    response = await post(
+        [step(session_id), {"event_type": event_type, "session_id": session_id}], agent_token
+    )
     assert response.status_code == 400, response.content
     body = response.json()
     assert body["code"] == "invalid_event_type" and body["errors"][0]["index"] == 1
@@ -88,7 +108,9 @@ async def test_a_look_alike_spelling_is_not_a_type(agent_token, session_id, even
 
 
 async def test_dotted_and_numbered_types_are_accepted(agent_token, session_id):
-    response = await post({"event_type": "gen_ai.chat2", "event_category": "agent", "session_id": session_id}, agent_token)
+    response = await post(
+        {"event_type": "gen_ai.chat2", "event_category": "agent", "session_id": session_id}, agent_token
+    )
     assert response.status_code == 201, response.content
 
 
@@ -118,7 +140,9 @@ async def test_sixty_four_levels_are_accepted(agent_token, session_id):
 
 
 @pytest.mark.parametrize("text", ["a\x00b", "\ud800"])
-async def test_a_nul_or_a_lone_surrogate_in_a_key_or_a_value_is_a_400_naming_it(agent_token, session_id, text):
+async def test_a_nul_or_a_lone_surrogate_in_a_key_or_a_value_is_a_400_naming_it(
+    agent_token, session_id, text
+):
     for data in ({"note": text}, {text: "x"}, {"list": [1, {"deeper": text}]}):
         raw = json.dumps([step(session_id), step(session_id, **data)])  # ensure_ascii: \\ud800 escapes
         response = await AsyncClient().post(
@@ -139,7 +163,12 @@ async def test_a_list_the_database_refuses_in_part_is_stored_not_at_all(agent_to
 
     event_store.add_batch_hook(refuse_poison)
     try:
-        body = [step(session_id, n=1), step(session_id, n=2), step(session_id, poison=True), step(session_id, n=4)]
+        body = [
+            step(session_id, n=1),
+            step(session_id, n=2),
+            step(session_id, poison=True),
+            step(session_id, n=4),
+        ]
         response = await post(body, agent_token)
         assert response.status_code == 400, response.content
         assert response.json()["code"] == "invalid_event"

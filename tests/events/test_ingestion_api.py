@@ -13,10 +13,10 @@ from channels.db import database_sync_to_async
 from django.core.handlers.asgi import ASGIHandler
 from django.test import AsyncClient
 
+from accounts.services import api_token_issue
 from events.event_bus import event_bus
 from events.event_store import EventStoreError
 from events.models import StoredEvent
-from events.services import api_token_issue
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -16,9 +16,9 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span, Status
 
+from accounts.services import api_token_issue
 from events.models import StoredEvent
 from events.otlp import span_event_id
-from events.services import api_token_issue
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -45,7 +45,9 @@ def attrs(**values) -> list[KeyValue]:
     return out
 
 
-def span(trace: bytes, span_id: bytes, parent: bytes = b"", *, start_ms=0, end_ms=10, error=False, **attributes):
+def span(
+    trace: bytes, span_id: bytes, parent: bytes = b"", *, start_ms=0, end_ms=10, error=False, **attributes
+):
     return Span(
         trace_id=trace,
         span_id=span_id,
@@ -72,15 +74,48 @@ def export(*spans: Span, service="support-bot") -> ExportTraceServiceRequest:
 def agent_run(trace: bytes, conversation: str) -> ExportTraceServiceRequest:
     root, tool, failing, chat, plain = (bytes([n]) * 8 for n in (1, 2, 3, 4, 5))
     return export(
-        span(trace, root, start_ms=0, end_ms=100, gen_ai__operation__name="invoke_agent",
-             gen_ai__agent__name="planner", gen_ai__conversation__id=conversation),
-        span(trace, tool, root, start_ms=10, end_ms=20, gen_ai__operation__name="execute_tool",
-             gen_ai__tool__name="search", gen_ai__tool__call__id="call-9",
-             gen_ai__tool__call__arguments='{"q": "refund"}', gen_ai__conversation__id=conversation),
-        span(trace, failing, root, start_ms=30, end_ms=35, error=True, gen_ai__operation__name="execute_tool",
-             gen_ai__tool__name="delete", gen_ai__conversation__id=conversation),
-        span(trace, chat, root, start_ms=40, end_ms=90, gen_ai__operation__name="chat",
-             gen_ai__request__model="m-1", gen_ai__conversation__id=conversation),
+        span(
+            trace,
+            root,
+            start_ms=0,
+            end_ms=100,
+            gen_ai__operation__name="invoke_agent",
+            gen_ai__agent__name="planner",
+            gen_ai__conversation__id=conversation,
+        ),
+        span(
+            trace,
+            tool,
+            root,
+            start_ms=10,
+            end_ms=20,
+            gen_ai__operation__name="execute_tool",
+            gen_ai__tool__name="search",
+            gen_ai__tool__call__id="call-9",
+            gen_ai__tool__call__arguments='{"q": "refund"}',
+            gen_ai__conversation__id=conversation,
+        ),
+        span(
+            trace,
+            failing,
+            root,
+            start_ms=30,
+            end_ms=35,
+            error=True,
+            gen_ai__operation__name="execute_tool",
+            gen_ai__tool__name="delete",
+            gen_ai__conversation__id=conversation,
+        ),
+        span(
+            trace,
+            chat,
+            root,
+            start_ms=40,
+            end_ms=90,
+            gen_ai__operation__name="chat",
+            gen_ai__request__model="m-1",
+            gen_ai__conversation__id=conversation,
+        ),
         span(trace, plain, root, start_ms=50, end_ms=60),  # not GenAI: not an event
     )
 
@@ -172,8 +207,13 @@ async def test_a_span_whose_event_is_refused_is_refused_whole(agent_token):
     trace = os.urandom(16)
     deep = "[" * 80 + "]" * 80
     spans = [
-        span(trace, b"\x01" * 8, gen_ai__operation__name="execute_tool", gen_ai__tool__name="t",
-             gen_ai__tool__call__arguments='{"a": ' + deep + "}"),
+        span(
+            trace,
+            b"\x01" * 8,
+            gen_ai__operation__name="execute_tool",
+            gen_ai__tool__name="t",
+            gen_ai__tool__call__arguments='{"a": ' + deep + "}",
+        ),
         span(trace, b"\x02" * 8, gen_ai__operation__name="Not An Operation!"),
         span(trace, b"\x03" * 8, gen_ai__operation__name="embeddings"),
     ]
@@ -210,5 +250,7 @@ async def test_a_gzip_bomb_is_a_413(agent_token, settings):
 async def test_only_agents_may_export(agent_token):
     body = export().SerializeToString()
     assert (await post(body, None)).status_code == 401
-    operator = await database_sync_to_async(api_token_issue)(username=f"op-{uuid.uuid4().hex[:6]}", group="operators")
+    operator = await database_sync_to_async(api_token_issue)(
+        username=f"op-{uuid.uuid4().hex[:6]}", group="operators"
+    )
     assert (await post(body, operator.token)).status_code == 403

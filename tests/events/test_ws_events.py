@@ -7,13 +7,13 @@ import pytest
 from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
 
+from accounts.services import api_token_issue
 from eventbus_project.asgi import application
 from events import consumers
 from events.base import BaseEvent
 from events.event_bus import event_bus
 from events.event_store import event_store
 from events.live import live_feed
-from events.services import api_token_issue
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -191,7 +191,7 @@ def _session_cookie(username: str, group: str) -> bytes:
     from django.contrib.auth.models import Group
     from django.test import Client
 
-    from events.services import roles_setup
+    from accounts.services import roles_setup
 
     roles_setup()
     user = get_user_model().objects.create_user(username, password="pw-12345-xyz")

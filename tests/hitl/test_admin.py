@@ -14,11 +14,11 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
+from accounts.roles import OPERATORS
+from accounts.services import roles_setup
 from events.event_bus import event_bus
 from events.event_store import event_store
 from events.models import StoredEvent
-from events.roles import OPERATORS
-from events.services import roles_setup
 from hitl import conf
 from hitl.conf import register_tool_schema
 from hitl.models import ApprovalRequest

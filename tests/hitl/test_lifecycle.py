@@ -12,12 +12,12 @@ from django.db import connection
 from django.test import AsyncClient, Client
 from django.utils import timezone
 
+from accounts.services import api_token_issue
 from audit.models import AuditEntry
-from eventbus_project.exceptions import ApplicationError
+from core.errors import ApplicationError
 from events.event_bus import event_bus
 from events.event_store import event_store
 from events.models import StoredEvent
-from events.services import api_token_issue
 from hitl.conf import register_tool_schema, unregister_tool_schema
 from hitl.models import ApprovalRequest
 from hitl.services import approval_cancel, approval_decide, approval_expire, approval_request, await_decision

@@ -13,8 +13,8 @@ import pytest
 from asgiref.testing import ApplicationCommunicator
 from channels.db import database_sync_to_async
 
+from accounts.services import api_token_issue
 from eventbus_project.asgi import application
-from events.services import api_token_issue
 from hitl.services import approval_decide, approval_request
 
 pytestmark = pytest.mark.django_db(transaction=True)

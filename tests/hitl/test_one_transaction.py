@@ -7,11 +7,11 @@ import pytest
 from django.db import OperationalError
 from django.test import Client
 
+from accounts.services import api_token_issue
 from audit.models import AuditEntry
-from eventbus_project.exceptions import ApplicationError
+from core.errors import ApplicationError
 from events.event_store import event_store
 from events.models import StoredEvent
-from events.services import api_token_issue
 from hitl.models import ApprovalRequest
 from hitl.services import approval_cancel, approval_decide, approval_expire, approval_request
 
@@ -47,8 +47,12 @@ def records(call_id: str) -> dict[str, int]:
     """How many stored events and audit entries of each lifecycle type the request has."""
     counts: dict[str, int] = {}
     for event_type in ("tool_approval_required", "hitl_decision_made", "tool_approval_cancelled"):
-        events = [e for e in StoredEvent.objects.filter(event_type=event_type) if e.data.get("call_id") == call_id]
-        entries = [a for a in AuditEntry.objects.filter(event_type=event_type) if a.data.get("call_id") == call_id]
+        events = [
+            e for e in StoredEvent.objects.filter(event_type=event_type) if e.data.get("call_id") == call_id
+        ]
+        entries = [
+            a for a in AuditEntry.objects.filter(event_type=event_type) if a.data.get("call_id") == call_id
+        ]
         counts[event_type] = len(events)
         counts[f"audit:{event_type}"] = len(entries)
     return counts
@@ -126,7 +130,10 @@ def deep(depth: int) -> str:
 def test_a_hostile_decision_over_rest_is_a_400_and_changes_nothing(people, body):
     ask(people)
     response = Client().post(
-        "/api/hitl/requests/call-1/decision/", body, content_type="application/json", **auth(people["operator"])
+        "/api/hitl/requests/call-1/decision/",
+        body,
+        content_type="application/json",
+        **auth(people["operator"]),
     )
     assert 400 <= response.status_code < 500, response.content[:300]
     assert ApprovalRequest.objects.get(call_id="call-1").status == "pending"
@@ -138,11 +145,13 @@ def test_decided_requests_and_decision_audit_entries_stay_one_to_one(people):
         ask(people, f"c-{n}")
     client = Client()
     for n, decision in enumerate(["APPROVE", "REJECT", "EDIT"]):
-        body = {"decision": decision}
+        body: dict[str, object] = {"decision": decision}
         if decision == "EDIT":
             body["modified_args"] = {"table": "guests"}
         response = client.post(
-            f"/api/hitl/requests/c-{n}/decision/", json.dumps(body), content_type="application/json",
+            f"/api/hitl/requests/c-{n}/decision/",
+            json.dumps(body),
+            content_type="application/json",
             **auth(people["operator"]),
         )
         assert response.status_code == 200
@@ -159,10 +168,17 @@ def test_another_agent_reusing_a_call_id_gets_409_and_learns_nothing(people):
     ask(people, "mine", arguments={"table": "users", "secret": "s3"})
     approval_decide(call_id="mine", user=people["operator"].user, decision="REJECT", comment="private note")
     client = Client()
-    body = {"session_id": "s-1", "call_id": "mine", "tool_name": "delete_records",
-            "arguments": {"table": "users", "secret": "s3"}}
+    body = {
+        "session_id": "s-1",
+        "call_id": "mine",
+        "tool_name": "delete_records",
+        "arguments": {"table": "users", "secret": "s3"},
+    }
     response = client.post(
-        "/api/hitl/requests/", json.dumps(body), content_type="application/json", **auth(people["other_agent"])
+        "/api/hitl/requests/",
+        json.dumps(body),
+        content_type="application/json",
+        **auth(people["other_agent"]),
     )
     assert response.status_code == 409
     assert response.json()["code"] == "call_id_conflict"

@@ -13,8 +13,8 @@ from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
-from events.roles import AUDITORS, OPERATORS
-from events.services import roles_setup
+from accounts.roles import AUDITORS, OPERATORS
+from accounts.services import roles_setup
 from hitl.conf import register_tool_schema, unregister_tool_schema
 from hitl.models import ApprovalRequest
 from hitl.services import approval_decide, approval_request

@@ -10,11 +10,11 @@ from channels.db import database_sync_to_async
 from django.core.management import CommandError, call_command
 from django.utils import timezone
 
+from accounts.services import api_token_issue
 from events.base import BaseEvent
 from events.event_bus import event_bus
 from events.event_store import event_store
 from events.models import StoredEvent
-from events.services import api_token_issue
 from hitl.models import ApprovalRequest
 from hitl.selectors import pending_approvals
 from hitl.services import approval_decide

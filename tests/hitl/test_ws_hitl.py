@@ -8,8 +8,8 @@ from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
 from django.utils import timezone
 
+from accounts.services import api_token_issue
 from eventbus_project.asgi import application
-from events.services import api_token_issue
 from hitl.models import ApprovalRequest
 from hitl.services import approval_cancel, approval_decide, approval_expire, approval_request
 

@@ -15,10 +15,10 @@ from channels.testing import WebsocketCommunicator
 from django.test import Client
 from django.utils import timezone
 
+from accounts.services import api_token_issue
 from eventbus_project.asgi import application
 from events.base import BaseEvent
 from events.event_bus import event_bus
-from events.services import api_token_issue
 from events.tool_events import HITLDecisionMadeEvent, ToolApprovalCancelledEvent
 from hitl.consumers import check_decide, message_for
 from hitl.models import ApprovalRequest

@@ -14,7 +14,7 @@ from typing import IO, Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from audit.exports import DEFAULT_FORMAT, FORMATS, EventExport, export_from_params
-from eventbus_project.exceptions import ApplicationError
+from core.errors import ApplicationError
 
 # Options that are filters of /api/events/, by the query parameter they fill.
 FILTER_OPTIONS = ("session_id", "correlation_id", "event_type", "event_category", "since", "until", "after")

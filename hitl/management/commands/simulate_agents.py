@@ -7,7 +7,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DatabaseError
 
-from eventbus_project.exceptions import ApplicationError
+from core.errors import ApplicationError
 from events.apps import start_distributed_bus
 from events.event_bus import event_bus
 from hitl.simulation import Simulation, SimulationOptions, SimulationSummary

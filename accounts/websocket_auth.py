@@ -24,7 +24,7 @@ from django.contrib.auth.models import AnonymousUser
 from django.http.request import split_domain_port, validate_host
 from django.utils.http import is_same_domain
 
-from eventbus_project.async_views import off_shared_thread
+from core.async_views import off_shared_thread
 
 Scope = MutableMapping[str, Any]
 ASGIApp = Callable[[Scope, Any, Any], Awaitable[None]]
@@ -111,7 +111,7 @@ def origin_allowed(scope: Scope, origin: str) -> bool:
 def _user_for_token(raw_token: str) -> Any:
     from rest_framework.exceptions import AuthenticationFailed
 
-    from events.auth import authenticate_token
+    from accounts.auth import authenticate_token
 
     try:
         user, _ = authenticate_token(raw_token)

@@ -8,8 +8,8 @@ from django.contrib.auth.models import Group
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import transaction
 
-from events.roles import AUDITORS, OPERATORS
-from events.services import roles_setup
+from accounts.roles import AUDITORS, OPERATORS
+from accounts.services import roles_setup
 
 
 class Command(BaseCommand):

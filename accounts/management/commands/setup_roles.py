@@ -4,8 +4,8 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 
-from eventbus_project.exceptions import ApplicationError
-from events.services import roles_setup
+from accounts.services import roles_setup
+from core.errors import ApplicationError
 
 
 class Command(BaseCommand):

@@ -10,11 +10,11 @@ from django.contrib.auth import get_user_model
 from django.test import Client
 from django.utils import timezone
 
+from accounts.services import api_token_issue
 from audit.models import AuditEntry
 from events.event_bus import event_bus
 from events.event_store import event_store
 from events.models import StoredEvent
-from events.services import api_token_issue
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -52,7 +52,7 @@ def test_the_settings_of_the_contract():
     assert settings.AXES_FAILURE_LIMIT == 5
     assert settings.AXES_COOLOFF_TIME == timedelta(minutes=15)
     assert settings.AXES_LOCKOUT_PARAMETERS == ["username"]
-    assert settings.AUTHENTICATION_BACKENDS[0] == "eventbus_project.sign_in.SignInLockoutBackend"
+    assert settings.AUTHENTICATION_BACKENDS[0] == "accounts.sign_in.SignInLockoutBackend"
 
 
 def test_five_failures_lock_the_username_even_for_the_right_password(client, olga):

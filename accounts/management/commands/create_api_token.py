@@ -4,8 +4,8 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from eventbus_project.exceptions import ApplicationError
-from events.services import api_token_issue
+from accounts.services import api_token_issue
+from core.errors import ApplicationError
 
 
 class Command(BaseCommand):

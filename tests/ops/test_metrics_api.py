@@ -10,7 +10,18 @@ from django.db.models import Max
 from django.test import AsyncClient, Client
 from django.test.utils import CaptureQueriesContext
 
-from audit.metrics import (
+from accounts.services import api_token_issue
+from audit.subscribers import metrics_collector
+from events.agent_events import AgentProcessingCompletedEvent, AgentSwitchedEvent
+from events.base import BaseEvent
+from events.event_bus import event_bus
+from events.event_store import event_store
+from events.live import live_feed
+from events.models import StoredEvent
+from events.session_events import SessionCreatedEvent
+from events.tool_events import ToolExecutionCompletedEvent, ToolExecutionRequestedEvent
+from hitl.services import approval_decide, approval_request
+from ops.metrics import (
     CONTENT_TYPE,
     Family,
     LatencyHistograms,
@@ -19,17 +30,6 @@ from audit.metrics import (
     render,
     request_latencies,
 )
-from audit.subscribers import metrics_collector
-from events.agent_events import AgentProcessingCompletedEvent, AgentSwitchedEvent
-from events.base import BaseEvent
-from events.event_bus import event_bus
-from events.event_store import event_store
-from events.live import live_feed
-from events.models import StoredEvent
-from events.services import api_token_issue
-from events.session_events import SessionCreatedEvent
-from events.tool_events import ToolExecutionCompletedEvent, ToolExecutionRequestedEvent
-from hitl.services import approval_decide, approval_request
 
 JSON_ROUTES = ("/api/metrics/", "/api/stats/")
 BUS_KEYS = {

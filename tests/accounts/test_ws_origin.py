@@ -10,9 +10,9 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 from django.test import Client, override_settings
 
+from accounts.services import api_token_issue
+from accounts.websocket_auth import origin_allowed
 from eventbus_project.asgi import application
-from eventbus_project.websocket_auth import origin_allowed
-from events.services import api_token_issue
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -81,7 +81,7 @@ def test_csrf_trusted_origins_are_allowed_exactly():
 
 @database_sync_to_async
 def _session_cookie() -> bytes:
-    from events.services import roles_setup
+    from accounts.services import roles_setup
 
     roles_setup()
     user = get_user_model().objects.create_user("carol", password="pw-12345-xyz")

@@ -14,11 +14,11 @@ from django.test import AsyncClient
 from django.utils import timezone
 from rest_framework.test import APIRequestFactory
 
-from eventbus_project.exceptions import ApplicationError
-from events.auth import BearerTokenAuthentication
-from events.models import ApiToken
-from events.roles import ROLES
-from events.services import api_token_create, api_token_issue, api_token_revoke, roles_setup
+from accounts.auth import BearerTokenAuthentication
+from accounts.models import ApiToken
+from accounts.roles import roles
+from accounts.services import api_token_create, api_token_issue, api_token_revoke, roles_setup
+from core.errors import ApplicationError
 
 EVENT = {"event_type": "session_created", "session_id": "tokens-test"}
 
@@ -149,7 +149,7 @@ def test_setup_roles_creates_the_groups_and_is_idempotent():
     call_command("setup_roles", stdout=out)
     first = out.getvalue()
     assert "Created group 'agents'" in first and "events.publish_events" in first
-    for name, permissions in ROLES.items():
+    for name, permissions in roles().items():
         assert permission_names(Group.objects.get(name=name)) == set(permissions)
     rows = Group.permissions.through.objects.count()
 
@@ -158,7 +158,7 @@ def test_setup_roles_creates_the_groups_and_is_idempotent():
     assert "Created" not in out.getvalue() and "Granted" not in out.getvalue()
     assert "Nothing to do" in out.getvalue()
     assert Group.permissions.through.objects.count() == rows
-    assert Group.objects.filter(name__in=ROLES).count() == len(ROLES)
+    assert Group.objects.filter(name__in=roles()).count() == len(roles())
 
 
 @pytest.mark.django_db
@@ -169,14 +169,14 @@ def test_setup_roles_adds_what_is_missing_and_keeps_what_an_admin_added():
     agents.permissions.set([extra])  # an admin removed publish_events and added another one
     report = roles_setup()
     assert report.changed and any("events.publish_events" in line for line in report.lines)
-    assert permission_names(agents) == {*ROLES["agents"], "events.view_storedevent"}
+    assert permission_names(agents) == {*roles()["agents"], "events.view_storedevent"}
 
 
 @pytest.mark.django_db
 def test_a_listed_permission_missing_from_the_database_is_recreated():
     Permission.objects.filter(codename="publish_events").delete()  # e.g. a database flushed since migrate
     roles_setup()
-    assert permission_names(Group.objects.get(name="agents")) == set(ROLES["agents"])
+    assert permission_names(Group.objects.get(name="agents")) == set(roles()["agents"])
 
 
 @pytest.mark.django_db

@@ -1,4 +1,4 @@
-"""DRF permission classes of the roles in events.roles."""
+"""DRF permission classes of the roles in accounts.roles."""
 
 from __future__ import annotations
 

@@ -22,8 +22,7 @@ import bisect
 import math
 import threading
 import time
-from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -239,48 +238,6 @@ def database_figures() -> dict[str, Any]:
 
 
 # The families
-
-
-def bound_metric_keys(
-    cursor: Any, deltas: Mapping[tuple[str, str, str], float], limit: int | None = None
-) -> Counter[tuple[str, str, str]]:
-    """The batch's counter deltas with each metric kept to `limit` distinct keys (tools, agents;
-    settings.EVENT_STATS_MAX_TYPES): a key the table does not hold yet, once the metric is full, counts
-    under "other" instead, so made-up names cannot grow the metric counters without bound.
-
-    Runs in the store's batch transaction, under the writers' lock: one query per metric in the batch,
-    two when it brings new keys.
-    """
-    from .models import MetricCounter
-
-    limit = limit if limit is not None else int(getattr(settings, "EVENT_STATS_MAX_TYPES", 1000))
-    table = MetricCounter._meta.db_table
-    by_metric: dict[str, set[str]] = {}
-    for metric, key, _ in deltas:
-        by_metric.setdefault(metric, set()).add(key[:255])
-    admitted: dict[str, set[str]] = {}
-    for metric, keys in by_metric.items():
-        wanted = sorted(keys | {OTHER})
-        placeholders = ", ".join(["%s"] * len(wanted))
-        cursor.execute(
-            f"SELECT DISTINCT key FROM {table} WHERE metric = %s AND key IN ({placeholders})",
-            [metric, *wanted],
-        )
-        existing = {row[0] for row in cursor.fetchall()}
-        new = [key for key in wanted if key not in existing and key != OTHER]
-        if not new:
-            admitted[metric] = existing
-            continue
-        cursor.execute(f"SELECT COUNT(DISTINCT key) FROM {table} WHERE metric = %s", [metric])
-        held = int(cursor.fetchone()[0])
-        # One place is kept for "other" itself.
-        room = max(0, limit - held - (0 if OTHER in existing else 1))
-        admitted[metric] = existing | set(new[:room]) | {OTHER}
-    bounded: Counter[tuple[str, str, str]] = Counter()
-    for (metric, key, field_name), value in deltas.items():
-        key = key[:255]
-        bounded[metric, key if key in admitted[metric] else OTHER, field_name] += value  # type: ignore[assignment]
-    return bounded
 
 
 def _counter(name: str, help_text: str, value: float) -> Family:
