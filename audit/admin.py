@@ -1,6 +1,6 @@
 """The admin of the audit trail: read-only, cheap on a long trail, and the chain's check on demand.
 
-It shares events.admin's machinery for big tables (no count of the whole table, no DISTINCT filter,
+It shares core.admin_kit's machinery for big tables (no count of the whole table, no DISTINCT filter,
 index-served search and filters, no add/change/delete for anyone). Verifying the chain walks every
 entry, so it runs only when someone presses the button on its own page, never on a changelist load.
 """
@@ -21,19 +21,17 @@ from django.urls import URLPattern, path, reverse
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
-from events.admin import (
+from core.admin_kit import (
     PositionFilter,
     ReadOnlyAdmin,
     ValueFilter,
-    correlation_trace_url,
-    event_url,
     format_duration,
     format_moment,
     pretty_json,
     short,
-    timeline_url,
 )
 from events.event_types import EventType
+from events.traces import correlation_trace_url, event_url, timeline_url
 
 from .models import AuditEntry
 from .perms import VERIFY_AUDIT
@@ -101,7 +99,7 @@ class AuditEntryAdmin(ReadOnlyAdmin):
     list_display_links = ("id",)
     sortable_by = ("id",)  # the primary key, both ways
     ordering = ("-id",)
-    search_fields = ("session_id", "correlation_id", "event_id")  # see events.admin.id_search
+    search_fields = ("session_id", "correlation_id", "event_id")  # see core.admin_kit.id_search
     search_help_text = (
         "An exact session id or correlation id, or an event id (a whole UUID, or its first 8 or more "
         "hex digits)."

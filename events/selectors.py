@@ -4,6 +4,7 @@ import uuid
 from typing import Any
 
 from django.db.models import QuerySet
+from django.db.models.fields.json import KT
 
 from .event_store import _EVENT_COLUMNS
 from .models import StoredEvent, row_to_contract_dict
@@ -64,3 +65,28 @@ def stored_event_get(*, event_id: str) -> dict[str, Any] | None:
         return None
     row = stored_event_rows().filter(event_id=key).first()
     return None if row is None else row_to_contract_dict(row)
+
+
+# Traces and timelines (events.traces builds them)
+
+# Keys of `data` that say what a step of a trace did, in the order shown.
+SUMMARY_KEYS = ("agent_type", "from_agent", "to_agent", "tool_name", "decision", "role", "username")
+
+STEP_FIELDS = (
+    "position",
+    "event_id",
+    "event_type",
+    "event_category",
+    "timestamp",
+    "session_id",
+    "correlation_id",
+    "causation_id",
+    "source",
+    "actor",
+)
+
+
+def with_summary(queryset: QuerySet[StoredEvent]) -> QuerySet[Any]:
+    """The fields of a step, and the few keys of `data` that say what it did (not all of `data`)."""
+    keys = {f"data_{key}": KT(f"data__{key}") for key in SUMMARY_KEYS}
+    return queryset.annotate(**keys).values(*STEP_FIELDS, *keys)

@@ -19,12 +19,12 @@ from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.views.decorators.http import require_safe
 
-from .admin import timeline_url, trace_url
 from .event_types import EventCategory, EventType
 from .filters import MAX_ID_LENGTH, MAX_POSITION
 from .models import row_to_contract_dict
 from .perms import VIEW_EVENTS as VIEW_PERMISSION
 from .selectors import last_stored_position, stored_event_rows
+from .traces import timeline_url, trace_url
 
 FILTERS = ("session_id", "correlation_id", "event_type", "event_category")
 INITIAL_ROWS = 50

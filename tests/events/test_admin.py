@@ -12,11 +12,13 @@ from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
+from core.admin_kit import CappedPaginator, format_duration
 from events import admin as events_admin
-from events.admin import CappedPaginator, StoredEventAdmin, build_trace, format_duration
+from events.admin import StoredEventAdmin
 from events.base import BaseEvent
 from events.event_store import event_store
 from events.models import StoredEvent
+from events.traces import build_trace
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
