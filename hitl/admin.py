@@ -35,6 +35,7 @@ from core.errors import ApplicationError
 from core.json_input import check_form_encoding, check_object, parse_json
 
 from .conf import hitl_settings
+from .inputs import MAX_TEXT
 from .models import ApprovalRequest, ApprovalStatus, DecisionChannel
 from .selectors import pending_first
 from .services import approval_decide, args_digest, decision_of, user_may_decide, validate_against_schema
@@ -44,7 +45,6 @@ BULK_LIMIT = 500
 # The value filters suggest the values of the newest pending requests, read through the status index.
 SUGGESTION_ROWS = 500
 SUGGESTIONS = 15
-MAX_COMMENT = 10_000
 CONFLICTS = ("already_decided", "expired", "not_found")
 
 
@@ -133,7 +133,7 @@ class DecideForm(forms.Form):
     )
     comment = forms.CharField(
         required=False,
-        max_length=MAX_COMMENT,
+        max_length=MAX_TEXT,
         label="Comment",
         help_text="Optional; the agent gets it with the decision, and it goes into the audit trail.",
         widget=forms.Textarea(attrs={"rows": 3, "cols": 80, "class": "vLargeTextField"}),
@@ -143,7 +143,7 @@ class DecideForm(forms.Form):
 class RejectSelectedForm(forms.Form):
     comment = forms.CharField(
         required=False,
-        max_length=MAX_COMMENT,
+        max_length=MAX_TEXT,
         label="Comment",
         help_text="Optional: why, for the agents and the audit trail. The same comment goes to each request.",
         widget=forms.Textarea(attrs={"rows": 4, "cols": 80, "class": "vLargeTextField"}),

@@ -6,10 +6,8 @@ while it waits, and the services run in worker threads, never on the thread sync
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
-from django.core.validators import RegexValidator
 from django.urls import reverse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
@@ -20,12 +18,12 @@ from rest_framework.response import Response
 
 from core.async_views import AsyncAPIView, off_shared_thread
 from core.errors import ApplicationError
-from core.json_input import check_object, invalid, json_type, shown_value
+from core.json_input import invalid, json_type
 from core.params import int_param, seconds_param
 from core.parsers import StrictJSONParser
 from events.serializers import ErrorSerializer
 
-from .conf import hitl_settings
+from .inputs import ApprovalRequestIn, DecisionIn, decision_input, validated
 from .models import DecisionChannel, OnExpire
 from .perms import REQUEST_APPROVAL
 from .selectors import (
@@ -71,95 +69,6 @@ class ApprovalRequestOut(serializers.Serializer):
 class ApprovalPageOut(serializers.Serializer):
     results = ApprovalRequestOut(many=True)
     next = serializers.CharField(allow_null=True)
-
-
-# Strict input fields: what the client sent, or a 400. DRF's own fields coerce (5 becomes "5", true
-# becomes 1.0, "5" becomes 5.0) and trim the spaces around an id; nothing here does.
-
-
-class StrictCharField(serializers.CharField):
-    """A string as sent: never a number made text, never trimmed (NUL and lone surrogates are refused by
-    DRF's validators, and before that by the strict parser)."""
-
-    default_error_messages = {"invalid": "Must be a string, not {kind}."}
-
-    def __init__(self, **kwargs: Any) -> None:
-        kwargs.setdefault("trim_whitespace", False)
-        super().__init__(**kwargs)
-
-    def to_internal_value(self, data: Any) -> str:
-        if not isinstance(data, str):
-            self.fail("invalid", kind=shown_value(data))
-        return str(super().to_internal_value(data))
-
-
-class StrictChoiceField(serializers.ChoiceField):
-    """One of the choices, exactly as written; the error lists them."""
-
-    default_error_messages = {"invalid_choice": "Must be one of {allowed}; not {input}."}
-
-    def to_internal_value(self, data: Any) -> Any:
-        if not isinstance(data, str) or data not in self.choice_strings_to_values:
-            self.fail(
-                "invalid_choice", allowed=", ".join(self.choice_strings_to_values), input=shown_value(data)
-            )
-        return self.choice_strings_to_values[data]
-
-
-class StrictNumberField(serializers.FloatField):
-    """A JSON number (not a boolean, not a string of digits), finite."""
-
-    default_error_messages = {"invalid": "Must be a number, not {kind}."}
-
-    def to_internal_value(self, data: Any) -> float:
-        if isinstance(data, bool) or not isinstance(data, int | float):
-            self.fail("invalid", kind=shown_value(data))
-        try:
-            value = float(data)
-        except OverflowError:
-            self.fail("max_value", max_value=f"{MAX_ID:g}")
-        if not math.isfinite(value):
-            self.fail("invalid", kind="a finite number")
-        return value
-
-
-class JSONObjectField(serializers.DictField):
-    """A JSON object, at most HITL_MAX_ARGUMENTS_BYTES as compact JSON (the entrance's check)."""
-
-    default_error_messages = {"not_a_dict": "Must be a JSON object, not {input_type}."}
-
-    def to_internal_value(self, data: Any) -> dict[str, Any]:
-        if not isinstance(data, dict):
-            self.fail("not_a_dict", input_type=shown_value(data))
-        # ApplicationError (400 naming the field or the path inside it, `too_large` for the size).
-        return check_object(
-            data, self.field_name or "arguments", max_bytes=hitl_settings().max_arguments_bytes
-        )
-
-
-class ApprovalRequestIn(serializers.Serializer):
-    session_id = StrictCharField(max_length=255, min_length=1)
-    call_id = StrictCharField(
-        max_length=255,
-        min_length=1,
-        validators=[
-            RegexValidator(r"^[^/?#\s](?:[^/?#]*[^/?#\s])?$", "no /, ? or #, and no surrounding spaces")
-        ],
-        help_text="The agent's id of this tool call; part of URLs, so without /, ? or #.",
-    )
-    tool_name = StrictCharField(max_length=255, min_length=1)
-    arguments = JSONObjectField(required=False, default=dict)
-    reason = StrictCharField(max_length=MAX_TEXT, required=False, allow_blank=True, default="")
-    agent = StrictCharField(max_length=150, required=False, allow_blank=True, default="")
-    timeout_s = StrictNumberField(required=False, allow_null=True, default=None)
-    on_expire = StrictChoiceField(choices=OnExpire.values, required=False, default=OnExpire.REJECT)
-    correlation_id = StrictCharField(max_length=255, required=False, allow_null=True, default=None)
-
-
-class DecisionIn(serializers.Serializer):
-    decision = StrictChoiceField(choices=DECISIONS)
-    modified_args = JSONObjectField(required=False, allow_null=True, default=None)
-    comment = StrictCharField(max_length=MAX_TEXT, required=False, allow_blank=True, default="")
 
 
 _ERRORS = {
@@ -253,9 +162,7 @@ class ApprovalRequestsView(AsyncAPIView):
         """201 with the new request; 200 with the existing one for a known call_id."""
         if not request.user.has_perm(REQUEST_PERMISSION):
             raise ApplicationError("only agents may ask for approvals", code="permission_denied", status=403)
-        payload = ApprovalRequestIn(data=_body(request))
-        payload.is_valid(raise_exception=True)
-        data = payload.validated_data
+        data = validated(ApprovalRequestIn, _body(request))
         approval, created = await off_shared_thread(approval_request)(
             call_id=data["call_id"],
             session_id=data["session_id"],
@@ -321,9 +228,7 @@ class ApprovalDecisionView(AsyncAPIView):
     )
     async def post(self, request: Request, call_id: str) -> Response:
         """200 with the decided request; 409 when it was decided already or has expired."""
-        payload = DecisionIn(data=_body(request))
-        payload.is_valid(raise_exception=True)
-        data = payload.validated_data
+        data = decision_input(_body(request))
         approval = await off_shared_thread(approval_decide)(
             call_id=call_id,
             user=request.user,

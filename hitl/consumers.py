@@ -23,16 +23,15 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from django.conf import settings
-
 from core.async_views import off_shared_thread
 from core.errors import ApplicationError
-from core.json_input import check_object, check_text, invalid, json_type, text_problem
+from core.json_input import check_text, invalid, text_problem
 from events.base import BaseEvent
 from events.consumers import LiveConsumer
 from events.event_types import EventType
 from events.live import Listener, live_feed
 
+from .inputs import decision_input
 from .models import ApprovalStatus, DecisionChannel
 from .selectors import VIEW_PERMISSION, approval_as_dict, approvals_by_call_id, pending_approvals
 from .services import approval_decide
@@ -44,15 +43,7 @@ LIFECYCLE_EVENTS = (
     str(EventType.HITL_DECISION_MADE),
     str(EventType.TOOL_APPROVAL_CANCELLED),
 )
-DECISIONS = ("APPROVE", "EDIT", "REJECT")
 MAX_CALL_ID = 255
-MAX_COMMENT = 10_000
-DEFAULT_MAX_ARGUMENTS_BYTES = 64 * 1024
-
-
-def max_arguments_bytes() -> int:
-    """HITL_MAX_ARGUMENTS_BYTES if the settings define it, else 64 KiB."""
-    return int(getattr(settings, "HITL_MAX_ARGUMENTS_BYTES", DEFAULT_MAX_ARGUMENTS_BYTES))
 
 
 def _decide(*, user: Any, call_id: str, decision: str, modified_args: Any, comment: str) -> dict[str, Any]:
@@ -188,15 +179,7 @@ def check_decide(message: dict[str, Any]) -> tuple[str, str, dict[str, Any] | No
     call_id = check_text(message.get("call_id"), "call_id", max_length=MAX_CALL_ID, required=True)
     if call_id != call_id.strip():
         raise invalid("call_id", "has leading or trailing spaces")
-    decision = message.get("decision")
-    if not isinstance(decision, str) or decision not in DECISIONS:
-        shown = repr(decision) if isinstance(decision, str) and len(decision) <= 20 else json_type(decision)
-        raise invalid("decision", f"must be one of {', '.join(DECISIONS)}, not {shown}")
-    modified_args = message.get("modified_args")
-    if modified_args is not None:
-        modified_args = check_object(modified_args, "modified_args", max_bytes=max_arguments_bytes())
-    comment = message.get("comment")
-    if comment is None:
-        comment = ""
-    comment = check_text(comment, "comment", max_length=MAX_COMMENT)
-    return call_id, decision, modified_args, comment
+    decided = decision_input(
+        {key: message[key] for key in ("decision", "modified_args", "comment") if key in message}
+    )
+    return call_id, decided["decision"], decided["modified_args"], decided["comment"]

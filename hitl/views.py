@@ -23,11 +23,11 @@ from django.utils import timezone
 from django.views.decorators.http import require_POST, require_safe
 
 from core.errors import ApplicationError
-from core.json_input import check_choice, check_form_encoding, check_object, check_text, invalid, parse_json
+from core.json_input import check_form_encoding, invalid, parse_json
 from events.base import format_timestamp
 from events.views import forbidden
 
-from .conf import hitl_settings
+from .inputs import decision_input
 from .models import DecisionChannel
 from .selectors import VIEW_PERMISSION, approval_as_dict, pending_approvals
 from .services import approval_decide, user_may_decide
@@ -36,8 +36,6 @@ FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 # Below this many seconds left a card's countdown turns amber, then red (the page's JS uses the same).
 SOON_S = 120
 URGENT_S = 30
-DECISIONS = ("APPROVE", "EDIT", "REJECT")
-MAX_COMMENT = 10_000
 
 
 def short_duration(seconds: float) -> str:
@@ -163,14 +161,8 @@ def _form_body(request: HttpRequest) -> dict[str, Any]:
 
 
 def _decide(request: HttpRequest, call_id: str, payload: dict[str, Any]) -> dict[str, Any]:
-    decision = check_choice(payload.get("decision"), "decision", DECISIONS)
-    modified_args = payload.get("modified_args")
-    if modified_args is not None:
-        modified_args = check_object(
-            modified_args, "modified_args", max_bytes=hitl_settings().max_arguments_bytes
-        )
-    comment = payload.get("comment")
-    comment = check_text("" if comment is None else comment, "comment", max_length=MAX_COMMENT)
+    decided = decision_input(payload)
+    decision, modified_args, comment = decided["decision"], decided["modified_args"], decided["comment"]
     approval = approval_decide(
         call_id=call_id,
         user=request.user,
