@@ -13,6 +13,7 @@ from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: 
 
 from accounts.websocket_auth import WebSocketAuthMiddleware  # noqa: E402
 from core.backpressure import paced  # noqa: E402
+from events.fast_ingest import fast_ingest_app  # noqa: E402
 from events.lifecycle import install_server_hooks  # noqa: E402
 from hitl.longpoll import long_poll_app  # noqa: E402
 
@@ -23,7 +24,8 @@ application = ProtocolTypeRouter(
         # Daphne serves no static files itself; the admin's CSS and JS come through Django's handler.
         # Agents' Bearer long-polls are answered without Django's per-request thread (hitl.longpoll).
         # Streamed responses wait for slow clients instead of piling up in memory (backpressure).
-        "http": paced(long_poll_app(ASGIStaticFilesHandler(django_asgi_app))),  # type: ignore[arg-type]
+        # Agents' Bearer event posts are answered without Django's request cycle too (events.fast_ingest).
+        "http": paced(fast_ingest_app(long_poll_app(ASGIStaticFilesHandler(django_asgi_app)))),  # type: ignore[arg-type]
         # A token, or the session cookie behind an Origin check (accounts.websocket_auth).
         "websocket": WebSocketAuthMiddleware(URLRouter(websocket_urlpatterns)),
     }

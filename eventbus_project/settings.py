@@ -292,6 +292,9 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_SETTINGS": {"deepLinking": True, "validatorUrl": None},
 }
 
+# How long who an API token is (and its permissions) is kept in memory (accounts.auth; 0: never).
+API_TOKEN_CACHE_S = env_number("API_TOKEN_CACHE_S", 5, minimum=0)
+
 # The JSON entrance (core.json_input): how deeply any JSON the server takes may nest.
 JSON_MAX_DEPTH = int(env_number("JSON_MAX_DEPTH", 64, minimum=2))
 
@@ -305,6 +308,10 @@ HITL_MAX_TIMEOUT_S = env_number("HITL_MAX_TIMEOUT_S", 7 * 24 * 3600, minimum=1)
 HITL_SWEEP_INTERVAL_S = env_number("HITL_SWEEP_INTERVAL_S", 1.0, minimum=0.05)
 # The safety net behind the bus: with Redis, decisions made in other processes wake waiters at once.
 HITL_RECHECK_INTERVAL_S = env_number("HITL_RECHECK_INTERVAL_S", 10.0, minimum=0.05)
+# A call_id's owner has at most this many pending requests (429 beyond).
+HITL_MAX_PENDING_PER_AGENT = int(env_number("HITL_MAX_PENDING_PER_AGENT", 100, minimum=1))
+# With on_expire "approve", the deadline must leave at least this long for someone to look.
+HITL_MIN_AUTO_APPROVE_S = env_number("HITL_MIN_AUTO_APPROVE_S", 10, minimum=0)
 # JSON Schemas of tools' arguments, checked when an operator edits them: {"tool_name": {...schema...}}.
 HITL_TOOL_SCHEMAS: dict[str, Any] = {}
 # The largest `arguments` (and `modified_args`) an approval request takes, in bytes of compact JSON.

@@ -46,6 +46,7 @@ class EventsConfig(AppConfig):
             max_stats_types=settings.EVENT_STATS_MAX_TYPES,
         )
         signals.connect()
+        signals.forget_tokens_on_remote_changes()
         if settings.REDIS_URL:
             self._distribute_bus(settings.REDIS_URL, config.redis_channel)
 

@@ -91,7 +91,11 @@ def read_body(request: HttpRequest, limit: int) -> bytes:
 
 def read_events(request: HttpRequest, limit: int) -> tuple[list[BaseEvent], bool]:
     """The request's events, all valid (or a 4xx naming each bad one), and whether the body was one."""
-    body = read_body(request, limit)
+    return events_from_body(read_body(request, limit))
+
+
+def events_from_body(body: bytes) -> tuple[list[BaseEvent], bool]:
+    """The events of a JSON body, all valid (or a 4xx naming each bad one), and whether it was one."""
     try:
         payload = json.loads(body)
     except RecursionError:

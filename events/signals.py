@@ -15,6 +15,9 @@ from django.db import models, transaction
 from django.db.models.signals import m2m_changed, post_delete, post_save
 from django.http import HttpRequest
 
+from accounts.auth import forget_tokens
+from accounts.models import ApiToken
+
 from .base import BaseEvent
 from .event_bus import event_bus
 from .system_events import (
@@ -168,7 +171,8 @@ def connect() -> None:
     user_login_failed.connect(on_login_failed, dispatch_uid=DISPATCH_PREFIX + "login_failed")
     user_locked_out.connect(on_locked_out, dispatch_uid=DISPATCH_PREFIX + "locked_out")
     user_model = get_user_model()
-    for model in (user_model, Group):
+    # API tokens too: a revocation heard by the other processes empties their token caches.
+    for model in (user_model, Group, ApiToken):
         post_save.connect(
             on_saved, sender=model, dispatch_uid=f"{DISPATCH_PREFIX}saved.{model._meta.label_lower}"
         )
@@ -178,3 +182,18 @@ def connect() -> None:
     m2m_changed.connect(
         on_groups_changed, sender=user_model.groups.through, dispatch_uid=DISPATCH_PREFIX + "groups"
     )
+
+
+async def forget_tokens_on_remote_change(event: BaseEvent) -> None:
+    """Another process changed a user, a group or a token: who a token is may have changed."""
+    if event.remote:
+        forget_tokens()
+
+
+def forget_tokens_on_remote_changes(bus: Any = None) -> None:
+    """Subscribe forget_tokens_on_remote_change to model changes on `bus` (once)."""
+    from .event_bus import event_bus
+
+    bus = bus or event_bus
+    if not any(sub.handler is forget_tokens_on_remote_change for sub in bus.subscriptions):
+        bus.subscribe(event_type="model_changed", handler=forget_tokens_on_remote_change)

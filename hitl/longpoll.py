@@ -16,41 +16,24 @@ Daphne's 500 page.
 from __future__ import annotations
 
 import asyncio
-import json
 import re
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable
 from typing import Any
 from urllib.parse import parse_qs
 
 from channels.db import database_sync_to_async
 from rest_framework import exceptions
 
-from accounts.auth import KEYWORD, authenticate_token
-from core.errors import ApplicationError
+from accounts.auth import authenticate_token
+from core.asgi_paths import ASGIApp, Receive, Scope, Send, bearer_token, respond, respond_error
 from core.json_input import invalid, text_problem
-from core.outage import is_outage, note_outage, retry_after_headers, store_unavailable_body
 from core.params import seconds_param
 
 from .api import MAX_WAIT_S, CanSeeApprovals, may_see_approvals
 from .selectors import approval_as_dict, approval_visible_get
 from .services import await_decision
 
-Scope = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
-Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-
 _DETAIL = re.compile(r"^/api/hitl/requests/(?P<call_id>[^/]+)/$")
-
-
-def _bearer(scope: Scope) -> str | None:
-    for name, value in scope.get("headers", ()):
-        if name == b"authorization":
-            parts = value.decode("latin-1").split()
-            if len(parts) == 2 and parts[0].lower() == KEYWORD:
-                return parts[1]
-            return None
-    return None
 
 
 def _wants_fast_path(scope: Scope) -> tuple[str, str] | None:
@@ -62,7 +45,7 @@ def _wants_fast_path(scope: Scope) -> tuple[str, str] | None:
         return None
     query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
     wait = query.get("wait", [""])[-1]
-    token = _bearer(scope)
+    token = bearer_token(scope)
     if not wait or wait in ("0", "0.0") or token is None:
         return None
     return match["call_id"], token
@@ -97,24 +80,10 @@ def long_poll_app(django_app: ASGIApp) -> ASGIApp:
                 if not await _wait_unless_gone(await_decision(call_id, timeout=wait), receive):
                     return  # the agent hung up: nobody to answer
                 body = await check(raw_token, call_id)
-            await _respond(send, 200, body)
-        except ApplicationError as error:
-            await _respond(send, error.status, {"detail": error.message, "code": error.code, **error.extra})
-        except exceptions.AuthenticationFailed as error:
-            await _respond(
-                send,
-                401,
-                {"detail": str(error.detail), "code": "invalid_token"},
-                [(b"www-authenticate", b'Bearer realm="api"')],
-            )
-        except exceptions.PermissionDenied as error:
-            await _respond(send, 403, {"detail": str(error.detail), "code": "permission_denied"})
+            await respond(send, 200, body)
         except Exception as error:
-            if not is_outage(error):
-                raise  # a bug: Daphne's 500, with its traceback logged
-            note_outage(error, scope.get("path", ""))
-            retry = [(name.lower().encode(), value.encode()) for name, value in retry_after_headers().items()]
-            await _respond(send, 503, store_unavailable_body(), retry)
+            # The API's errors, DRF's, an outage's 503; anything else is a bug (Daphne's 500, logged).
+            await respond_error(send, error)
 
     return app
 
@@ -134,22 +103,3 @@ async def _wait_unless_gone(waiting: Awaitable[Any], receive: Receive) -> bool:
         for task in (waiter, gone):
             task.cancel()
     return waiter.done() and not waiter.cancelled()
-
-
-async def _respond(
-    send: Send, status: int, body: dict[str, Any], headers: list[tuple[bytes, bytes]] | None = None
-) -> None:
-    content = json.dumps(body, separators=(",", ":")).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(content)).encode()),
-                (b"x-content-type-options", b"nosniff"),
-                *(headers or []),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": content})

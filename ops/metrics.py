@@ -173,6 +173,13 @@ def _record(request: HttpRequest, response: HttpResponseBase, started: float) ->
     request_latencies.observe(_view_label(request), str(method), status_class, time.perf_counter() - started)
 
 
+def observe_request(view: str, method: str, status: int, seconds: float) -> None:
+    """Count a request an ASGI path beside Django answered (core.asgi_paths.request_observers)."""
+    request_latencies.observe(
+        view, method if method in KNOWN_METHODS else OTHER, f"{status // 100}xx", seconds
+    )
+
+
 class RequestLatencyMiddleware:
     """Times every request into `request_latencies`; async-capable, so ASGI requests make no thread hop.
 

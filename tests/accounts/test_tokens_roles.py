@@ -12,6 +12,7 @@ from django.contrib.auth.models import Group, Permission
 from django.core.management import CommandError, call_command
 from django.test import AsyncClient
 from django.utils import timezone
+from rest_framework.exceptions import AuthenticationFailed
 from rest_framework.test import APIRequestFactory
 
 from accounts.auth import BearerTokenAuthentication
@@ -116,7 +117,8 @@ async def test_a_user_who_is_not_an_agent_gets_403(make_token, group):
 
 
 @pytest.mark.django_db
-def test_last_used_at_is_written_at_most_once_a_minute(make_token, django_assert_num_queries):
+def test_last_used_at_is_written_at_most_once_a_minute(make_token, django_assert_num_queries, settings):
+    settings.API_TOKEN_CACHE_S = 0  # every request looks the token up
     _, raw = make_token("agent-busy")
     factory = APIRequestFactory()
     authentication = BearerTokenAuthentication()
@@ -138,6 +140,28 @@ def test_last_used_at_is_written_at_most_once_a_minute(make_token, django_assert
     authenticate()  # over a minute since the last use: written again
     latest = ApiToken.objects.get(pk=token.pk).last_used_at
     assert latest is not None and first <= latest <= timezone.now()
+
+
+@pytest.mark.django_db
+def test_a_cached_token_costs_no_query_and_a_revocation_ends_it_at_once(
+    make_token, django_assert_num_queries
+):
+    issued, raw = make_token("agent-cached", "agents")
+    factory = APIRequestFactory()
+    authentication = BearerTokenAuthentication()
+
+    def authenticate():
+        from rest_framework.request import Request
+
+        return authentication.authenticate(Request(factory.get("/", HTTP_AUTHORIZATION=f"Bearer {raw}")))
+
+    user, token = authenticate()
+    with django_assert_num_queries(0):  # who the token is, and its permissions, come from memory
+        again, _ = authenticate()
+        assert again.has_perm("events.publish_events")
+    api_token_revoke(token=ApiToken.objects.get(pk=token.pk))
+    with pytest.raises(AuthenticationFailed):
+        authenticate()
 
 
 # Roles
