@@ -2,7 +2,8 @@
 
 DATABASE_URL  default sqlite:///var/db.sqlite3 (WAL mode); e.g. postgres://user@host:5432/db
 REDIS_URL     unset: in-memory channel layer, local bus only; set: Redis channel layer and distributed bus
-REDIS_CHANNEL_LAYER core (default) or pubsub: which channels_redis layer, with REDIS_URL
+REDIS_CHANNEL_LAYER core (default) or pubsub: the channels_redis layer configured with REDIS_URL (the
+              server uses none; benchmarks/live_fanout.py measures a bare Channels consumer on it)
 EVENT_BUS_REDIS_CHANNEL the Pub/Sub channel of the distributed bus (default eventbus:events)
 LIVE_FEED_QUEUE_SIZE events queued per WebSocket before it gets a "gap" (default 1000)
 EVENT_STATS_MAX_TYPES distinct event types (and tools, agents per metric) counted one by one in the
