@@ -120,7 +120,7 @@ def _database() -> dict[str, Any]:
             name.parent.mkdir(parents=True, exist_ok=True)
             config["NAME"] = str(name)
         # One writer: WAL lets readers run beside it, IMMEDIATE transactions take the write lock up front,
-        # and the backend queues this process's transactions in Python (eventbus_project/sqlite3), so
+        # and the backend queues this process's transactions in Python (core/sqlite3), so
         # "database is locked" cannot happen inside one process.
         config["ENGINE"] = "core.sqlite3"
         config["OPTIONS"] = {

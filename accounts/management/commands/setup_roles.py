@@ -1,4 +1,4 @@
-"""Create the groups operators, auditors and agents with their permissions (events/roles.py)."""
+"""Create the groups operators, auditors and agents with the permissions each app declares for them."""
 
 from typing import Any
 
@@ -9,7 +9,7 @@ from core.errors import ApplicationError
 
 
 class Command(BaseCommand):
-    help = "Create the groups of events/roles.py and grant their permissions; safe to run again."
+    help = "Create the groups of accounts.roles and grant what the apps declare for them; safe to run again."
 
     def handle(self, *args: Any, **options: Any) -> None:
         try:
