@@ -44,7 +44,7 @@ from events.selectors import CONTRACT_FIELDS
 
 from .models import AuditEntry
 
-EXPORT_PAGE_SIZE = 10_000
+EXPORT_PAGE_SIZE = 5_000
 ENCODE_SLICE = 1_000
 # The keys of each row, in the contract's order: the event's, then `position`.
 COLUMNS = CONTRACT_FIELDS
