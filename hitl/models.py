@@ -21,6 +21,8 @@ class DecisionChannel(models.TextChoices):
     API = "api", "API"
     WEBSOCKET = "websocket", "WebSocket"
     EXPIRY = "expiry", "expiry"
+    POLICY = "policy", "approval policy"
+    SLACK = "slack", "Slack"
 
 
 class OnExpire(models.TextChoices):

@@ -269,7 +269,7 @@ def approval_decide(
     assert user is not None
     if decision not in DECISIONS:
         raise _invalid("decision", f"must be one of {', '.join(DECISIONS)}")
-    if channel not in DecisionChannel.values or channel == DecisionChannel.EXPIRY:
+    if channel not in DecisionChannel.values or channel in (DecisionChannel.EXPIRY, DecisionChannel.POLICY):
         raise _invalid("channel", f"{channel!r} is not a channel a person decides through")
     comment = _check_text("comment", comment, required=False, limit=10_000)
     request = ApprovalRequest.objects.filter(call_id=call_id).first()
