@@ -83,7 +83,7 @@ def post(conn: http.client.HTTPConnection, path: str, body: bytes, token: str, c
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--spans", type=positive_int, default=20_480)
+    parser.add_argument("--spans", type=positive_int, default=20_480, help="a multiple of 4 batches")
     parser.add_argument("--batch", type=positive_int, default=512)
     parser.add_argument("--database", choices=("sqlite", "postgres"), default="sqlite")
     args = parser.parse_args()
@@ -134,14 +134,24 @@ def main() -> None:
                 token,
                 "application/json",
             )
-            started = time.perf_counter()
-            for body in lists:
-                post(conn, "/api/events/", body, token, "application/json")
-            rest_s = time.perf_counter() - started
-            started = time.perf_counter()
-            for body in requests:
-                post(conn, "/v1/traces", body, token, "application/x-protobuf")
-            otlp_s = time.perf_counter() - started
+            # Alternating rounds (REST, OTLP, OTLP, REST): the table grows under both sides alike.
+            rest_s = otlp_s = 0.0
+            quarter_lists, quarter_requests = len(lists) // 4, len(requests) // 4
+            for round_index, side in enumerate(("rest", "otlp", "otlp", "rest")):
+                half = round_index // 2  # the first two rounds take the first half of each side's work
+                if side == "rest":
+                    chunk = lists[(half * 2) * quarter_lists : (half * 2 + 2) * quarter_lists]
+                    started = time.perf_counter()
+                    for body in chunk:
+                        post(conn, "/api/events/", body, token, "application/json")
+                    rest_s += time.perf_counter() - started
+                else:
+                    part = round_index - 1  # rounds 1 and 2: the two halves of the OTLP work
+                    chunk = requests[(part * 2) * quarter_requests : (part * 2 + 2) * quarter_requests]
+                    started = time.perf_counter()
+                    for body in chunk:
+                        post(conn, "/v1/traces", body, token, "application/x-protobuf")
+                    otlp_s += time.perf_counter() - started
             conn.close()
     rest_rate = events_total / rest_s
     otlp_rate = events_total / otlp_s

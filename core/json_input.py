@@ -81,6 +81,54 @@ def _item(path: str, index: int) -> str:
     return f"{path}[{index}]"
 
 
+_INFINITIES = (math.inf, -math.inf)
+
+
+def _bad_text(text: str) -> bool:
+    if "\x00" in text:
+        return True
+    if text.isascii():
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _has_problem(value: Any, level: int, limit: int) -> bool:
+    """Whether check_json would refuse `value` (recursing only into containers, never past `limit`)."""
+    kind = type(value)
+    if kind is dict:
+        if level > limit:
+            return True
+        children: Any = value.values()
+        for key in value:
+            if type(key) is not str or _bad_text(key):
+                return True
+    elif kind is list:
+        if level > limit:
+            return True
+        children = value
+    else:
+        children = (value,)
+        level -= 1  # a scalar at the top is not a level of nesting
+    for child in children:
+        child_kind = type(child)
+        if child_kind is str:
+            if _bad_text(child):
+                return True
+        elif child_kind is dict or child_kind is list:
+            if _has_problem(child, level + 1, limit):
+                return True
+        elif child_kind is float:
+            if child != child or child in _INFINITIES:
+                return True
+        elif not (child is None or child_kind is bool or child_kind is int):
+            return True
+    return False
+
+
 def check_json(
     value: Any,
     field: str,
@@ -96,6 +144,12 @@ def check_json(
     limit here; `max_bytes` bounds the UTF-8 size of its compact JSON text.
     """
     limit = max_depth() if depth is None else depth
+    if not _has_problem(value, 1, limit):
+        # The common case, cheaply: nothing wrong, so no path is built. Otherwise the walk below finds
+        # the first problem again and names where it is.
+        if max_bytes is not None:
+            _check_size(value, field, max_bytes)
+        return value
     base = field if path is None else path
     # (value, its path, its nesting level, the name a depth error gives: the field, or a body's key)
     stack: list[tuple[Any, str, int, str]] = [(value, base, 1, field)]
@@ -135,12 +189,14 @@ def check_json(
         else:
             raise invalid(name, f"is not JSON ({kind.__name__})")
     if max_bytes is not None:
-        size = json_size(value)
-        if size > max_bytes:
-            raise invalid(
-                field, f"is {size} bytes as JSON; at most {max_bytes} are allowed", code="too_large"
-            )
+        _check_size(value, field, max_bytes)
     return value
+
+
+def _check_size(value: Any, field: str, max_bytes: int) -> None:
+    size = json_size(value)
+    if size > max_bytes:
+        raise invalid(field, f"is {size} bytes as JSON; at most {max_bytes} are allowed", code="too_large")
 
 
 def _shown_key(key: str) -> str:

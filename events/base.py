@@ -34,25 +34,55 @@ STORED_ONLY_KEYS = frozenset({"position"})
 
 def ensure_json_safe(value: Any, path: str = "data") -> None:
     """Raise TypeError/ValueError naming the first key of `value` that JSON cannot carry faithfully."""
-    # Fast path, taken on every publish: a flat dict of strings, integers, booleans and nulls.
-    if type(value) is dict:
+    # Fast path, taken on every publish: a walk that builds no path; only when it finds something is
+    # the value walked again to name where.
+    if not _surely_json_safe(value, 0):
+        _check_json(value, path)
+
+
+_INFINITIES = (math.inf, -math.inf)
+
+
+def _surely_json_safe(value: Any, depth: int) -> bool:
+    """True when `value` is plain JSON the stores can keep; False when _check_json must look closer."""
+    kind = type(value)
+    if kind is dict:
+        if depth > 200:
+            return False  # let _check_json (and its recursion) speak for very deep values
         for key, item in value.items():
-            kind = type(item)
-            if (
-                type(key) is not str
-                or not key.isascii()
-                or "\x00" in key
-                or not (
-                    (kind is str and item.isascii() and "\x00" not in item)
-                    or kind is int
-                    or kind is bool
-                    or item is None
-                )
-            ):
-                break
-        else:
-            return
-    _check_json(value, path)
+            if type(key) is not str or "\x00" in key or not key.isascii():
+                return False
+            item_kind = type(item)
+            if item_kind is str:
+                if "\x00" in item or not item.isascii():
+                    return False
+            elif item_kind is dict or item_kind is list:
+                if not _surely_json_safe(item, depth + 1):
+                    return False
+            elif item_kind is float:
+                if item != item or item in _INFINITIES:
+                    return False
+            elif not (item is None or item_kind is bool or item_kind is int):
+                return False
+        return True
+    if kind is list:
+        if depth > 200:
+            return False
+        for item in value:
+            item_kind = type(item)
+            if item_kind is str:
+                if "\x00" in item or not item.isascii():
+                    return False
+            elif item_kind is dict or item_kind is list:
+                if not _surely_json_safe(item, depth + 1):
+                    return False
+            elif item_kind is float:
+                if item != item or item in _INFINITIES:
+                    return False
+            elif not (item is None or item_kind is bool or item_kind is int):
+                return False
+        return True
+    return False
 
 
 def _check_text(value: str, path: str) -> None:
