@@ -260,11 +260,11 @@ async def publish_bus(params: dict[str, Any]) -> dict[str, Any]:
     django.setup()
     from events.apps import start_distributed_bus
     from events.base import BaseEvent
-    from events.distributed_event_bus import DistributedEventBus
     from events.event_bus import event_bus
     from events.event_store import event_store
+    from events.redis_transport import RedisTransport
 
-    if not isinstance(event_bus, DistributedEventBus) or event_bus.redis_url is None:
+    if not isinstance(event_bus.transport, RedisTransport) or event_bus.transport.redis_url is None:
         raise RuntimeError("the publisher's bus is not distributed: is REDIS_URL set?")
     event_bus.bind(asyncio.get_running_loop())
     await start_distributed_bus()

@@ -78,7 +78,7 @@ STAGES: list[tuple[str, tuple[str, ...]]] = [
     ),
     ("body read + validation (ingest)", ("events/ingest.py", "core/json_input.py", "events/base.py")),
     ("publish (services, bus)", ("events/services.py", "events/event_bus.py")),
-    ("store writer", ("events/event_store.py", "events/bulk.py")),
+    ("store writer", ("events/store_writer.py", "events/event_store.py", "events/bulk.py")),
     ("audit/metrics hooks", ("audit/",)),
     ("JSON rendering", ("rest_framework/renderers.py", "rendered (", "django/http/response.py")),
     ("json module", ("json/",)),

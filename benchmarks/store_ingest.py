@@ -13,7 +13,7 @@ each in a subprocess of its own since Django's settings are process-wide:
      Building the events is not timed. Afterwards `StoredEvent.objects.count() == N`, the audit trail
      holds one entry per agent switch and the counters add up, so it cannot silently measure nothing.
   B. the anchor, same run, same database: the same N rows, with the same columns and values the store
-     writes (`_EVENT_COLUMNS`, as `EventStore._insert_rows` builds them, JSON encoding included), into
+     writes (`EVENT_COLUMNS`, as `StoreWriter._insert_rows` builds them, JSON encoding included), into
      an identical table in one transaction, the commit included. On PostgreSQL a raw psycopg
      `COPY ... FROM STDIN` with `write_row` into `CREATE TABLE bench_copy (LIKE events_storedevent
      INCLUDING ALL)` (same indexes and constraints; LIKE copies no triggers). On SQLite, which has no
@@ -238,9 +238,9 @@ def measure_store(database: str, events: list[BaseEvent]) -> dict[str, Any]:
 
 def measure_copy(dsn: str, events: list[BaseEvent]) -> tuple[float, int]:
     """Raw psycopg COPY of the store's rows into a copy of events_storedevent, one transaction."""
-    from events.event_store import _EVENT_COLUMNS
+    from events.columns import EVENT_COLUMNS
 
-    columns = ", ".join(_EVENT_COLUMNS)
+    columns = ", ".join(EVENT_COLUMNS)
     dumps = json.dumps
     with psycopg.connect(dsn) as conn:
         conn.execute("CREATE TABLE bench_copy (LIKE events_storedevent INCLUDING ALL)")
@@ -304,10 +304,10 @@ def measure_executemany(path: str, events: list[BaseEvent]) -> tuple[float, int]
     """Raw sqlite3 executemany of the store's rows into a copy of events_storedevent, one transaction."""
     from django.db import connection
 
-    from events.event_store import _EVENT_COLUMNS
+    from events.columns import EVENT_COLUMNS
 
-    columns = ", ".join(_EVENT_COLUMNS)
-    marks = ", ".join(["?"] * len(_EVENT_COLUMNS))
+    columns = ", ".join(EVENT_COLUMNS)
+    marks = ", ".join(["?"] * len(EVENT_COLUMNS))
     adapt_datetime = connection.ops.adapt_datetimefield_value
     dumps = json.dumps
     conn = sqlite3.connect(path, isolation_level=None, timeout=20)

@@ -15,12 +15,11 @@ def wake_on_remote_commit(position: int) -> None:
 
 
 async def start_distributed_bus() -> None:
-    """Under Daphne: connect the bus to Redis at start-up (it keeps reconnecting if Redis is away)."""
-    from .distributed_event_bus import DistributedEventBus
+    """Under Daphne: connect the bus's transport at start-up (it keeps reconnecting if Redis is away)."""
     from .event_bus import event_bus
 
-    if isinstance(event_bus, DistributedEventBus):
-        await event_bus.initialize()
+    if event_bus.transport is not None:
+        await event_bus.transport.initialize()
 
 
 class EventsConfig(AppConfig):
@@ -53,16 +52,17 @@ class EventsConfig(AppConfig):
     @staticmethod
     def _distribute_bus(redis_url: str, channel: str) -> None:
         """Every process of the deployment shares its events and tells the others of its commits."""
-        from .distributed_event_bus import make_distributed
         from .event_bus import event_bus
         from .event_store import event_store
         from .lifecycle import run_in_server
+        from .redis_transport import RedisTransport
 
-        bus = make_distributed(event_bus, redis_url, channel=channel)
-        event_store.add_commit_listener(bus.announce_commit)
+        transport = RedisTransport(redis_url, channel=channel)
+        event_bus.set_transport(transport)
+        event_store.add_commit_listener(transport.announce_commit)
         if event_store.wake_readers not in REMOTE_COMMIT_WAKERS:
             REMOTE_COMMIT_WAKERS.append(event_store.wake_readers)
-        bus.on_remote_commit(wake_on_remote_commit)
+        transport.on_remote_commit(wake_on_remote_commit)
         # Under Daphne, subscribe at start-up so the other processes' events are heard from the start
         # (a script or command only sends: its first publish starts the relay).
         run_in_server(start_distributed_bus)

@@ -172,11 +172,6 @@ def _optional_str(name: str, value: Any) -> str | None:
     raise TypeError(f"{name} must be a string or null, not {type(value).__name__}")
 
 
-def _load_typed_events() -> None:
-    """Import the typed event modules so their classes are registered for from_dict."""
-    from . import agent_events, session_events, system_events, tool_events  # noqa: F401
-
-
 @dataclass(frozen=True, slots=True)
 class DataField:
     """One key of a typed event's `data`: its JSON type, whether it is required, its allowed values."""
@@ -356,7 +351,6 @@ class BaseEvent:
         event_type = payload.get("event_type")
         if not isinstance(event_type, str) or not event_type:
             raise ValueError("event_type is required and must be a string")
-        _load_typed_events()
         target = BaseEvent.registry.get(event_type, cls if cls is not BaseEvent else BaseEvent)
         if cls is not BaseEvent and target is not cls and not issubclass(target, cls):
             raise ValueError(f"event_type {event_type!r} is not a {cls.__name__}")

@@ -255,14 +255,14 @@ def parse_feed_query(query_string: bytes) -> tuple[dict[str, str], int | None]:
 
 
 def _stored_page(after: int, up_to: int | None, filters: dict[str, str]) -> list[tuple[int, str]]:
-    from .event_store import _row_to_event
     from .live import event_frame
     from .selectors import stored_events_after
+    from .store_reader import row_to_event
 
     rows = stored_events_after(after=after, up_to=up_to, limit=STORED_PAGE, **filters)
     frames = []
     for row in rows:
-        event = _row_to_event(row)
+        event = row_to_event(row)
         event.position = row["position"]
         frames.append((row["position"], event_frame(event)))
     return frames

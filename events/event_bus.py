@@ -8,6 +8,10 @@ otherwise waits for its turn in the queue, so both modes keep one order.
 Handlers run one after another, highest priority first. A handler that raises or overruns its timeout is
 logged on the `events` logger and counted; the others still run. Plain (non-async) handlers run in a
 worker thread, so they may use the Django ORM.
+
+A bus may be given a `Transport` (with REDIS_URL, `events.redis_transport.RedisTransport`): what it
+accepts is then also sent to the other processes of the deployment, and what they publish is delivered
+here, marked `remote`. Without one it is a bus of this process alone.
 """
 
 from __future__ import annotations
@@ -20,11 +24,11 @@ import logging
 import math
 import threading
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Future as ThreadFuture
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any, Literal, overload
+from typing import Any, Literal, Protocol, overload
 
 from asgiref.sync import SyncToAsync
 
@@ -129,6 +133,51 @@ def _chain(source: asyncio.Future[Any], target: asyncio.Future[None]) -> None:
     source.add_done_callback(copy_outcome)
 
 
+class Transport(Protocol):
+    """What carries a bus's events to the other processes and theirs back (`EventBus(transport=...)`).
+
+    The bus calls `attach(bus)` once; the transport delivers what it receives with `await
+    bus.receive(event)`. Sending never raises because the other side is away: the transport keeps,
+    drops and counts as it sees fit (its figures are the bus statistics' `distributed`).
+    """
+
+    def attach(self, bus: EventBus) -> None:
+        """Be the transport of `bus` (its loop is where it runs)."""
+
+    def start(self) -> None:
+        """Start on the bus's loop soon, without waiting (idempotent)."""
+
+    async def initialize(self, timeout: float = ...) -> bool:
+        """Start and wait up to `timeout` s until the other processes are heard; whether they are."""
+
+    async def send(self, events: Sequence[BaseEvent]) -> None:
+        """Queue events the bus accepted for the other processes (may wait for room, never for them)."""
+
+    def send_sync(self, events: Sequence[BaseEvent], timeout: float | None) -> None:
+        """`send` from synchronous code, any thread."""
+
+    def announce_commit(self, position: int) -> None:
+        """Tell the other processes this one committed events up to `position` (any thread)."""
+
+    def on_remote_commit(self, callback: Callable[[int], Any]) -> Callable[[int], Any]:
+        """Call `callback(position)` when another process says it committed events up to `position`."""
+
+    async def close(self, timeout: float | None = ...) -> None:
+        """Send what is queued (up to `timeout` s), then disconnect; `initialize()` starts again."""
+
+    async def shutdown(self, timeout: float | None) -> None:
+        """Called at the end of `EventBus.shutdown(timeout)`: close, within the transport's own limit."""
+
+    def reset(self) -> None:
+        """Forget the connections and what is queued (the bus's loop is going away; for tests)."""
+
+    def reset_stats(self) -> None:
+        """Set the transport's counters back to zero."""
+
+    def stats(self) -> dict[str, Any]:
+        """The transport's state and counters."""
+
+
 class BusStats(dict[str, Any]):
     """A snapshot of the bus statistics: a dict that also reads as attributes (`stats.total_published`)."""
 
@@ -168,7 +217,10 @@ class EventBus:
         overflow: OverflowPolicy = "wait",
         handler_timeout: float | None = None,
         max_stats_types: int = DEFAULT_MAX_STATS_TYPES,
+        transport: Transport | None = None,
     ) -> None:
+        # Set first: reset_stats() resets the transport's counters too.
+        self.transport: Transport | None = None
         self._subscriptions: list[Subscription] = []
         self._middleware: list[tuple[Middleware, bool]] = []
         self._handler_cache: dict[tuple[str, str], tuple[_Route, ...]] = {}
@@ -192,6 +244,23 @@ class EventBus:
             max_stats_types=max_stats_types,
         )
         self.reset_stats()
+        if transport is not None:
+            self.set_transport(transport)
+
+    def set_transport(self, transport: Transport | None) -> None:
+        """Send what this bus accepts through `transport` too, and deliver what it receives (None: local).
+
+        The bus keeps its subscriptions, middleware, loop and statistics: every module holds the one
+        process-wide `event_bus` object, so a transport is given to it rather than a new bus made.
+        """
+        current = self.transport
+        if current is transport:
+            return
+        if current is not None:
+            current.reset()
+        self.transport = transport
+        if transport is not None:
+            transport.attach(self)
 
     def configure(
         self,
@@ -378,10 +447,13 @@ class EventBus:
         self._failed = 0
         self._timed_out = 0
         self._by_type: dict[str, int] = {}
+        if self.transport is not None:
+            self.transport.reset_stats()
 
     def get_stats(self) -> BusStats:
-        """A snapshot of the counters, the queue depth and the subscriptions."""
-        return BusStats(
+        """A snapshot of the counters, the queue depth and the subscriptions (with a transport, its
+        figures under `distributed`)."""
+        stats = BusStats(
             total_published=self._published,
             total_dropped=self._dropped_by_middleware + self._dropped_queue_full + self._lost,
             dropped_by_middleware=self._dropped_by_middleware,
@@ -399,16 +471,24 @@ class EventBus:
             subscriptions=len(self._subscriptions),
             middleware=len(self._middleware),
         )
+        if self.transport is not None:
+            stats["distributed"] = self.transport.stats()
+        return stats
 
     # Publishing
 
-    async def publish(self, event: BaseEvent, wait_for_handlers: bool = False) -> bool:
+    async def publish(
+        self, event: BaseEvent, wait_for_handlers: bool = False, distribute: bool = True
+    ) -> bool:
         """Publish `event`; with `wait_for_handlers`, return once every handler has run.
 
-        Returns False when a middleware dropped the event or a full queue with the "drop" policy
-        refused it, True otherwise. Raises TypeError/ValueError, naming the key, when the event's data
-        cannot be carried as JSON.
+        With a transport, the accepted event then goes to the other processes too, unless `distribute`
+        is False (or it came from one, or is a replay). Returns False when a middleware dropped the
+        event or a full queue with the "drop" policy refused it, True otherwise. Raises
+        TypeError/ValueError, naming the key, when the event's data cannot be carried as JSON.
         """
+        if self.transport is not None and distribute:
+            return await self._publish_and_send(event, wait_for_handlers)
         if not isinstance(event, BaseEvent):
             raise TypeError(f"publish takes a BaseEvent, not {type(event).__name__}")
         loop = self._loop
@@ -452,6 +532,21 @@ class EventBus:
             self._start_consumer()
         return True
 
+    async def _publish_and_send(self, event: BaseEvent, wait_for_handlers: bool) -> bool:
+        accepted = await self.publish(event, wait_for_handlers, distribute=False)
+        transport = self.transport
+        if accepted and transport is not None and not (event.remote or event.replayed):
+            await transport.send((event,))
+        return accepted
+
+    async def receive(self, event: BaseEvent) -> bool:
+        """Deliver an event another process published to this process's subscribers, marked `remote`.
+
+        Its publisher stored it (the store skips remote events) and it is never sent on again.
+        """
+        event.remote = True
+        return await self.publish(event, distribute=False)
+
     async def _publish_slow(self, event: BaseEvent, wait_for_handlers: bool) -> bool:
         """Publish with middleware, or from a loop the bus is not bound to (binding or handing over)."""
         self._stamp(event)
@@ -466,13 +561,25 @@ class EventBus:
         return await asyncio.wrap_future(future)
 
     def publish_sync(
-        self, event: BaseEvent, wait_for_handlers: bool = False, timeout: float | None = None
+        self,
+        event: BaseEvent,
+        wait_for_handlers: bool = False,
+        timeout: float | None = None,
+        distribute: bool = True,
     ) -> bool:
         """Publish from plain synchronous code (a sync view, a management command, a worker thread).
 
         Blocks until the event is queued, or with `wait_for_handlers` until its handlers have run. With no
-        event loop anywhere, the bus starts its own in a daemon thread and drains it at exit.
+        event loop anywhere, the bus starts its own in a daemon thread and drains it at exit. With a
+        transport, the accepted event then goes to the other processes too (as with `publish`).
         """
+        accepted = self._publish_sync_here(event, wait_for_handlers, timeout)
+        transport = self.transport
+        if accepted and distribute and transport is not None and not (event.remote or event.replayed):
+            transport.send_sync((event,), timeout)
+        return accepted
+
+    def _publish_sync_here(self, event: BaseEvent, wait_for_handlers: bool, timeout: float | None) -> bool:
         if not isinstance(event, BaseEvent):
             raise TypeError(f"publish takes a BaseEvent, not {type(event).__name__}")
         self._stamp(event)
@@ -539,13 +646,29 @@ class EventBus:
         if extra:
             await asyncio.gather(*extra)
 
-    async def publish_many(self, events: list[BaseEvent], wait_for_handlers: bool = False) -> list[bool]:
+    async def publish_many(
+        self, events: list[BaseEvent], wait_for_handlers: bool = False, distribute: bool = True
+    ) -> list[bool]:
         """Publish `events` in list order; with `wait_for_handlers`, return once all were handled.
 
         Unlike awaiting `publish` for each, the waiting happens once at the end, so the store commits
-        the whole list in a few batches. Returns one result per event, as `publish` does.
+        the whole list in a few batches. Returns one result per event, as `publish` does. With a
+        transport, the accepted events then go to the other processes too, in list order.
         """
         events = list(events)
+        results = await self._publish_many_local(events, wait_for_handlers)
+        transport = self.transport
+        if distribute and transport is not None:
+            outgoing = [
+                event
+                for event, accepted in zip(events, results, strict=True)
+                if accepted and not (event.remote or event.replayed)
+            ]
+            if outgoing:
+                await transport.send(outgoing)
+        return results
+
+    async def _publish_many_local(self, events: list[BaseEvent], wait_for_handlers: bool) -> list[bool]:
         for event in events:
             if not isinstance(event, BaseEvent):
                 raise TypeError(f"publish_many takes BaseEvents, not {type(event).__name__}")
@@ -894,6 +1017,9 @@ class EventBus:
                 pass
         self._consumer = None
         self._consumer_wakeup = None
+        if self.transport is not None:
+            # After the hooks: the store's last commit is announced to the other processes.
+            await self.transport.shutdown(timeout)
         return drained
 
     def _start_own_loop(self) -> asyncio.AbstractEventLoop:
@@ -935,7 +1061,10 @@ class EventBus:
         loop.call_soon_threadsafe(loop.stop)
 
     def reset(self) -> None:
-        """Forget subscriptions, middleware, statistics and the bound loop (for tests)."""
+        """Forget subscriptions, middleware, statistics and the bound loop (for tests).
+
+        A transport stays (it is the process's wiring) but forgets its connections and what it queued.
+        """
         with self._lock:
             own = self._thread
             if own is not None and self._loop is not None and self._loop.is_running():
@@ -950,6 +1079,8 @@ class EventBus:
             self._loop = None
             self._loop_thread = None
             self._reset_queue()
+        if self.transport is not None:
+            self.transport.reset()
 
 
 event_bus = EventBus()

@@ -160,10 +160,6 @@ class LiveFeed:
             self._started = None
             self._position = None
 
-    def wake(self) -> None:
-        """Look for newly stored events now (thread-safe; another process said it committed some)."""
-        event_store.wake_readers()
-
     def _start(self, loop: asyncio.AbstractEventLoop) -> None:
         if self._task is not None and not self._task.done() and self._loop is not None:
             if not self._loop.is_closed():

@@ -6,8 +6,6 @@ from typing import Any
 
 from django.db import models
 
-from .base import BaseEvent
-
 
 class StoredEvent(models.Model):
     """One event as published, numbered by `position`: strictly increasing in commit order."""
@@ -44,13 +42,6 @@ class StoredEvent(models.Model):
 
     def __str__(self) -> str:
         return f"#{self.position} {self.event_type}"
-
-    def to_event(self) -> BaseEvent:
-        """The stored row as its typed event, with `position` (and `actor`) set."""
-        event = BaseEvent.from_dict(self.as_contract_dict())
-        event.position = self.position
-        event.actor = self.actor
-        return event
 
     def as_contract_dict(self) -> dict[str, Any]:
         """The contract's JSON object of a stored event (the event plus its `position`)."""

@@ -6,11 +6,11 @@ from typing import Any
 from django.db.models import QuerySet
 from django.db.models.fields.json import KT
 
-from .event_store import _EVENT_COLUMNS
+from .columns import EVENT_COLUMNS
 from .models import StoredEvent, row_to_contract_dict
 
 # The stored columns an event is read back from: every column the store writes but its own timestamp.
-STORED_EVENT_FIELDS = tuple(column for column in _EVENT_COLUMNS if column != "stored_at")
+STORED_EVENT_FIELDS = tuple(column for column in EVENT_COLUMNS if column != "stored_at")
 # The columns of the contract's JSON of a stored event (events.models.row_to_contract_dict), in its order.
 CONTRACT_FIELDS = (
     "event_id",

@@ -5,6 +5,7 @@ import os
 
 import pytest
 from django.conf import settings
+from django.contrib.auth.hashers import get_hashers, get_hashers_by_algorithm
 from django.db import connection
 
 from audit.subscribers import install_subscribers
@@ -15,6 +16,14 @@ from events.event_store import event_store
 from hitl.services import decision_waiters
 
 REQUIRE_SERVICES = os.environ.get("REQUIRE_SERVICES", "") == "1"
+
+pytest_plugins = ["tests.live_hitl_server"]  # `daphne_server`: one Daphne for every module that asks
+
+# Passwords hashed in this process cost ~0.3 s each with the real PBKDF2; tests create and sign in people
+# by the hundred. No test checks the hasher; the servers the e2e tests start keep the real settings.
+settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+get_hashers.cache_clear()  # type: ignore[attr-defined]  # an lru_cache in Django
+get_hashers_by_algorithm.cache_clear()  # type: ignore[attr-defined]
 
 if settings.REDIS_URL:
     # Pub/Sub channels ignore the database number: this session gets a channel of its own, so test runs

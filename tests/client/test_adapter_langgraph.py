@@ -37,7 +37,6 @@ from tests.hitl.test_client import (  # noqa: E402
     EXPIRED,
     REJECT,
     FakeServer,
-    daphne_server,  # noqa: F401
     edit,
     wait_until_pending,
 )
@@ -277,7 +276,7 @@ def test_an_interrupt_the_desk_cannot_read_is_not_answered():
 # End to end: Daphne, the graph waiting in its tool node, an operator deciding
 
 
-async def test_live_the_operators_edit_reaches_the_tool(daphne_server):  # noqa: F811
+async def test_live_the_operators_edit_reaches_the_tool(daphne_server):
     files, model = Files(), fake_model(PROPOSED)
     client = HITLClient(daphne_server.base_url, daphne_server.agent_token)
     session_id = f"s-{uuid.uuid4().hex[:8]}"

@@ -25,7 +25,6 @@ from tests.hitl.test_client import (  # noqa: E402
     EXPIRED,
     REJECT,
     FakeServer,
-    daphne_server,  # noqa: F401
     edit,
     wait_until_pending,
 )
@@ -125,7 +124,7 @@ async def test_a_gated_tool_refused_pauses_and_the_same_decision_is_applied():
 
 
 @pytest.mark.parametrize(("verdict", "written"), [("APPROVE", [("/etc/passwd", "x")]), ("REJECT", [])])
-async def test_live_the_operators_decision_is_applied(daphne_server, verdict, written):  # noqa: F811
+async def test_live_the_operators_decision_is_applied(daphne_server, verdict, written):
     files, model = Files(), scripted(call_id=f"call_{uuid.uuid4().hex[:6]}")
     client = HITLClient(daphne_server.base_url, daphne_server.agent_token)
     session_id = f"s-{uuid.uuid4().hex[:8]}"

@@ -33,7 +33,6 @@ from tests.hitl.test_client import (  # noqa: E402
     CANCELLED,
     REJECT,
     FakeServer,
-    daphne_server,  # noqa: F401
     edit,
     wait_until_pending,
 )
@@ -147,7 +146,7 @@ async def test_answering_the_same_requests_again_asks_nobody_twice():
 # End to end: Daphne, an operator deciding while the run waits in the capability
 
 
-async def test_live_the_operators_edit_reaches_the_tool(daphne_server):  # noqa: F811
+async def test_live_the_operators_edit_reaches_the_tool(daphne_server):
     files, model = Files(), Scripted(call_id=f"call_{uuid.uuid4().hex[:6]}")
     client = HITLClient(daphne_server.base_url, daphne_server.agent_token)
     session_id = f"s-{uuid.uuid4().hex[:8]}"

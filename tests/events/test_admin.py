@@ -20,7 +20,7 @@ from events.event_store import event_store
 from events.models import StoredEvent
 from events.traces import build_trace
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = pytest.mark.django_db  # admin pages in this thread: no commits needed
 
 CHANGELIST = reverse("admin:events_storedevent_changelist")
 TIMELINE = reverse("admin:events_storedevent_timeline")

@@ -10,6 +10,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
+from typing import TypeVar
 
 import pytest
 import redis.asyncio as aioredis
@@ -20,8 +21,10 @@ from events.base import BaseEvent
 from events.distributed_event_bus import DistributedEventBus, make_distributed
 from events.event_bus import EventBus, event_bus
 from events.event_store import event_store
+from events.redis_transport import RedisTransport
 
 BusFactory = Callable[..., DistributedEventBus]
+BusT = TypeVar("BusT", bound=EventBus)
 
 
 def _free_port() -> int:
@@ -85,8 +88,9 @@ async def buses(channel: str) -> AsyncIterator[BusFactory]:
             await asyncio.to_thread(bus.reset)  # its own loop: stopped (and closed) in its thread
 
 
-async def started(bus: DistributedEventBus) -> DistributedEventBus:
-    assert await bus.initialize(timeout=5), "the bus should subscribe to Redis"
+async def started(bus: BusT) -> BusT:
+    assert bus.transport is not None
+    assert await bus.transport.initialize(timeout=5), "the bus should subscribe to Redis"
     return bus
 
 
@@ -350,7 +354,7 @@ async def test_redis_going_away_never_breaks_local_delivery_and_delivery_resumes
 
     caplog.set_level(logging.INFO, logger="events")
     private_redis.kill()
-    a.outbox_size = 5
+    a.redis_transport.outbox_size = 5
     during = [tick(n) for n in range(1, 10)]
     for event in during:
         assert await a.publish(event) is True  # never raises
@@ -413,12 +417,12 @@ def test_reset_forgets_the_relay_of_a_closed_loop_and_the_next_loop_starts_again
 
     async def publish_once() -> None:
         await bus.publish(tick())
-        relays.append(bus._relay)
+        relays.append(bus.redis_transport._relay)
         await asyncio.sleep(0.05)
 
     asyncio.run(publish_once())
     bus.reset()
-    assert bus._relay is None and bus.get_stats()["distributed"]["outbox"] == 0
+    assert bus.redis_transport._relay is None and bus.get_stats()["distributed"]["outbox"] == 0
     asyncio.run(publish_once())
     bus.reset()
 
@@ -433,39 +437,42 @@ def test_without_a_redis_url_a_distributed_bus_is_a_local_bus():
         heard = Heard(bus)
         await bus.publish(tick(), wait_for_handlers=True)
         assert await bus.initialize() is False
-        assert bus._relay is None
+        assert bus.redis_transport._relay is None
         assert bus.get_stats()["distributed"]["enabled"] is False
         return heard.events
 
     assert len(asyncio.run(run())) == 1
 
 
-def test_make_distributed_turns_the_shared_bus_object_into_a_distributed_one():
+def test_make_distributed_gives_the_shared_bus_object_a_redis_transport():
     bus = EventBus(max_queue_size=7)
     heard = Heard(bus)
 
-    same = make_distributed(bus, "redis://127.0.0.1:1/0", channel="eventbus:test:x")
-    assert same is bus and isinstance(bus, DistributedEventBus)
-    assert bus.channel == "eventbus:test:x" and bus.max_queue_size == 7
+    transport = make_distributed(bus, "redis://127.0.0.1:1/0", channel="eventbus:test:x")
+    assert bus.transport is transport and type(bus) is EventBus
+    assert transport.channel == "eventbus:test:x" and bus.max_queue_size == 7
     assert bus.subscriptions[0].handler is heard  # everything it had stays
-    assert make_distributed(bus, "redis://127.0.0.1:2/0", channel="eventbus:test:y") is bus
-    assert bus.redis_url == "redis://127.0.0.1:2/0" and bus.channel == "eventbus:test:y"
+    assert bus.get_stats()["distributed"]["channel"] == "eventbus:test:x"
+    # Again: the same transport, re-pointed (what was wired to it stays wired).
+    assert make_distributed(bus, "redis://127.0.0.1:2/0", channel="eventbus:test:y") is transport
+    assert transport.redis_url == "redis://127.0.0.1:2/0" and transport.channel == "eventbus:test:y"
 
 
 @pytest.mark.redis
 def test_with_redis_url_the_apps_bus_is_distributed_and_wired_to_the_store():
-    assert isinstance(event_bus, DistributedEventBus)
-    assert event_bus.redis_url == settings.REDIS_URL
-    assert event_bus.channel == settings.EVENT_BUS["REDIS_CHANNEL"]
-    assert event_bus.announce_commit in event_store._commit_listeners
-    assert wake_on_remote_commit in event_bus._commit_callbacks
+    transport = event_bus.transport
+    assert isinstance(transport, RedisTransport)
+    assert transport.redis_url == settings.REDIS_URL
+    assert transport.channel == settings.EVENT_BUS["REDIS_CHANNEL"]
+    assert transport.announce_commit in event_store._commit_listeners
+    assert wake_on_remote_commit in transport._commit_callbacks
     assert event_store.wake_readers in REMOTE_COMMIT_WAKERS
 
 
 @pytest.mark.redis
 async def test_the_apps_bus_hears_another_process_and_wakes_its_readers(monkeypatch):
-    assert isinstance(event_bus, DistributedEventBus)
-    other = DistributedEventBus(settings.REDIS_URL, channel=event_bus.channel)
+    assert isinstance(event_bus.transport, RedisTransport)
+    other = DistributedEventBus(settings.REDIS_URL, channel=event_bus.transport.channel)
     woken: list[str] = []
     monkeypatch.setattr("events.apps.REMOTE_COMMIT_WAKERS", [lambda: woken.append("reader")])
     try:

@@ -486,3 +486,87 @@ def test_configure_keeps_what_it_is_not_given():
     assert bus.handler_timeout is None
     with pytest.raises(ValueError, match="handler_timeout"):
         bus.configure(handler_timeout=-1)
+
+
+# A transport (with REDIS_URL, events.redis_transport.RedisTransport) given to the bus
+
+
+class RecordingTransport:
+    """A transport that records what the bus hands it, and can deliver as if from another process."""
+
+    def __init__(self) -> None:
+        self.bus: EventBus | None = None
+        self.sent: list[str] = []
+        self.calls: list[str] = []
+
+    def attach(self, bus: EventBus) -> None:
+        self.bus = bus
+
+    def start(self) -> None:
+        self.calls.append("start")
+
+    async def initialize(self, timeout: float = 1.0) -> bool:
+        return True
+
+    async def send(self, events) -> None:
+        self.sent.extend(event.event_id for event in events)
+
+    def send_sync(self, events, timeout) -> None:
+        self.sent.extend(event.event_id for event in events)
+
+    def announce_commit(self, position: int) -> None:
+        self.calls.append(f"commit {position}")
+
+    def on_remote_commit(self, callback):
+        return callback
+
+    async def close(self, timeout: float | None = 1.0) -> None:
+        self.calls.append("close")
+
+    async def shutdown(self, timeout: float | None) -> None:
+        self.calls.append("shutdown")
+
+    def reset(self) -> None:
+        self.calls.append("reset")
+
+    def reset_stats(self) -> None:
+        self.calls.append("reset_stats")
+
+    def stats(self) -> dict:
+        return {"sent": len(self.sent)}
+
+
+async def test_a_bus_with_a_transport_sends_what_it_accepts_and_delivers_what_it_receives():
+    transport = RecordingTransport()
+    bus = EventBus(transport=transport)
+    assert transport.bus is bus
+    heard: list[BaseEvent] = []
+    bus.subscribe(handler=lambda event: heard.append(event))
+    bus.add_middleware(lambda event: None if event.data.get("drop") else event)
+    shared, local, replayed, dropped = switched(1), switched(2), switched(3), switched(4)
+    replayed.replayed = True
+    dropped.data["drop"] = True
+
+    assert await bus.publish(shared, wait_for_handlers=True) is True
+    await bus.publish(local, wait_for_handlers=True, distribute=False)
+    await bus.publish(replayed, wait_for_handlers=True)
+    assert await bus.publish(dropped, wait_for_handlers=True) is False
+    many = [switched(5), switched(6)]
+    assert await bus.publish_many(many, wait_for_handlers=True) == [True, True]
+    assert await asyncio.to_thread(bus.publish_sync, switched(7), True) is True
+    theirs = switched(8)
+    assert await bus.receive(theirs) is True  # from another process: delivered here, not sent back
+    await bus.drain()
+
+    assert transport.sent == [shared.event_id, many[0].event_id, many[1].event_id, heard[5].event_id]
+    assert heard[-1] is theirs and theirs.remote is True
+    assert len(heard) == 7
+    assert bus.get_stats()["distributed"] == {"sent": 4}
+    await bus.shutdown(timeout=5)
+    assert transport.calls[-1] == "shutdown"
+    bus.reset()
+    assert transport.calls[-2:] == ["reset_stats", "reset"] and bus.transport is transport
+
+
+def test_a_bus_without_a_transport_has_no_distributed_figures():
+    assert "distributed" not in EventBus().get_stats()

@@ -13,6 +13,7 @@ from audit.models import AuditEntry
 from audit.subscribers import metrics_collector
 from events.agent_events import AgentErrorOccurredEvent, AgentSwitchedEvent
 from events.base import BaseEvent
+from events.columns import EVENT_COLUMNS
 from events.event_bus import event_bus
 from events.event_store import EventStore, EventStoreError, event_store
 from events.models import StoredEvent
@@ -281,3 +282,19 @@ async def test_an_event_the_database_refuses_is_isolated_and_the_rest_are_stored
     stored = {str(event_id) for event_id, _ in await stored_rows(session_id="poison")}
     assert stored == {e.event_id for e in others}
     assert event_store.get_stats()["rejected"] == 2
+
+
+def test_the_writer_inserts_every_column_of_the_stored_event_table():
+    assert set(EVENT_COLUMNS) == {field.column for field in StoredEvent._meta.concrete_fields}
+
+
+async def test_a_commit_of_the_writer_wakes_a_live_reader_at_once():
+    """The writer and the reader are two modules; the store's commits still wake its live readers."""
+    reader = event_store.read(after_position=0, poll_interval=60)
+    first = asyncio.ensure_future(anext(reader))
+    await asyncio.sleep(0.2)  # the reader found nothing and waits (up to its 60 s poll)
+    event = tick(1)
+    await event_bus.publish(event, wait_for_handlers=True)
+    got = await asyncio.wait_for(first, timeout=5)
+    assert got.event_id == event.event_id and got.position is not None
+    await reader.aclose()

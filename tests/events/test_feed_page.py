@@ -16,7 +16,7 @@ from events.base import BaseEvent
 from events.event_store import event_store
 from tests.hitl.test_page import dom, json_config
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = pytest.mark.django_db  # admin pages in this thread: no commits needed
 
 PAGE = "/events/live/"
 T0 = datetime(2026, 3, 1, 12, 0, 0, 250_000, tzinfo=UTC)
