@@ -10,7 +10,9 @@ Ed25519 key by the server's `audit.signing.make_head`. It is generated directly 
 Measured, each in a fresh subprocess (so each peak RSS is its own):
 
   A. `eventbus_client.verify_export(path, public_key_pem)`: every row parsed, its hash recomputed, its
-     link checked, the head's signature checked; rows/s and peak RSS (VmHWM);
+     link checked, the head's signature checked; rows/s and peak RSS (VmHWM), of this process and of
+     the largest of the worker processes it starts (`workers=`, default min(2, CPU count): each checks
+     a part of the file), sampled every 50 ms;
   B. the anchor: `json.loads` of every line of the same file (a plain JSON-lines parse); rows/s.
 
 To show the memory stays flat, A also runs on the first tenth of the file (with its own signed head):
@@ -31,6 +33,7 @@ import resource
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -118,13 +121,18 @@ def generate(path: Path, rows: int, key_path: Path) -> str:
     return signing.public_pem(public)
 
 
-def measure(kind: str, path: str, public_pem: str) -> dict[str, Any]:
+def measure(kind: str, path: str, public_pem: str, workers: int | None) -> dict[str, Any]:
     sys.path.insert(0, str(ROOT / "client"))
+    children = ChildrenPeak()
     started = time.perf_counter()
     if kind == "verify":
         from eventbus_client import verify_export
 
-        result = verify_export(path, public_pem)
+        children.start()
+        try:
+            result = verify_export(path, public_pem, workers=workers)
+        finally:
+            children.stop()
         rows = result.rows
         assert "django" not in sys.modules
     else:
@@ -140,19 +148,60 @@ def measure(kind: str, path: str, public_pem: str) -> dict[str, Any]:
         "rows": rows,
         "seconds": seconds,
         "peak_rss_kb": peak_rss_kb(),
+        "worker_peak_rss_kb": children.peak_kb,
+        "worker_count": len(children.seen),
     }
 
 
-def peak_rss_kb() -> int:
-    """This process's peak resident set (VmHWM: ru_maxrss may carry the parent's over fork and exec)."""
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+def peak_rss_kb(pid: int | str = "self") -> int:
+    """A process's peak resident set (VmHWM: ru_maxrss may carry the parent's over fork and exec)."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss if pid == "self" else 0
 
 
-def run_child(kind: str, path: Path, public_pem: Path) -> dict[str, Any]:
+class ChildrenPeak(threading.Thread):
+    """The largest peak RSS (VmHWM) of this process's children, sampled every 50 ms (Linux /proc): the
+    last sample of each (a first one may fall between fork and exec, where the child shows ours)."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.last_kb: dict[int, int] = {}
+        self._done = threading.Event()
+
+    @property
+    def seen(self) -> list[int]:
+        return list(self.last_kb)
+
+    @property
+    def peak_kb(self) -> int:
+        return max(self.last_kb.values(), default=0)
+
+    def stop(self) -> None:
+        self._done.set()
+        self.join()
+
+    def run(self) -> None:
+        me = os.getpid()
+        children = f"/proc/{me}/task/{me}/children"
+        while not self._done.wait(0.05):
+            try:
+                with open(children) as listing:
+                    pids = [int(pid) for pid in listing.read().split()]
+            except OSError:
+                return
+            for pid in pids:
+                peak = peak_rss_kb(pid)
+                if peak:
+                    self.last_kb[pid] = peak
+
+
+def run_child(kind: str, path: Path, public_pem: Path, workers: int | None = None) -> dict[str, Any]:
     command = [
         sys.executable,
         __file__,
@@ -163,6 +212,8 @@ def run_child(kind: str, path: Path, public_pem: Path) -> dict[str, Any]:
         "--public-key",
         str(public_pem),
     ]
+    if workers is not None:
+        command += ["--workers", str(workers)]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
     result = result_of(done.stdout)
     if result is None:
@@ -176,13 +227,16 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--rows", type=positive_int, default=1_000_000)
+    parser.add_argument(
+        "--workers", type=positive_int, help="verify_export's workers= (default: its own, min(2, CPUs))"
+    )
     parser.add_argument("--child", choices=["verify", "parse"], help=argparse.SUPPRESS)
     parser.add_argument("--file", help=argparse.SUPPRESS)
     parser.add_argument("--public-key", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         pem = Path(args.public_key).read_text()
-        print(RESULT_PREFIX + json.dumps(measure(args.child, args.file, pem)), flush=True)
+        print(RESULT_PREFIX + json.dumps(measure(args.child, args.file, pem, args.workers)), flush=True)
         return
 
     with tempfile.TemporaryDirectory(prefix="bench_verify_") as folder:
@@ -195,9 +249,9 @@ def main() -> None:
         log(f"generated {args.rows:,} rows ({size / 1e6:,.0f} MB) in {time.perf_counter() - started:.1f} s")
         parse = run_child("parse", path, public)
         log(f"parse: {parse['rows'] / parse['seconds']:,.0f} rows/s")
-        verify = run_child("verify", path, public)
+        verify = run_child("verify", path, public, args.workers)
         log(f"verify: {verify['rows'] / verify['seconds']:,.0f} rows/s")
-        small = run_child("verify", path.with_name("tenth.ndjson"), public)
+        small = run_child("verify", path.with_name("tenth.ndjson"), public, args.workers)
         assert verify["rows"] == parse["rows"] == args.rows, (verify, parse)
 
     verify_rate = verify["rows"] / verify["seconds"]
@@ -206,11 +260,11 @@ def main() -> None:
     print(f"Verifying a {args.rows:,}-row audit export ({size / 1e6:,.0f} MB, NDJSON), Python {python}:")
     print(
         f"  verify_export   {verify_rate:>11,.0f} rows/s  {verify['seconds']:6.2f} s  "
-        f"peak RSS {verify['peak_rss_kb'] / 1024:,.0f} MB"
+        f"peak RSS {verify['peak_rss_kb'] / 1024:,.0f} MB{workers_rss(verify)}"
     )
     print(
         f"  (a tenth of it) {small['rows'] / small['seconds']:>11,.0f} rows/s  {small['seconds']:6.2f} s  "
-        f"peak RSS {small['peak_rss_kb'] / 1024:,.0f} MB"
+        f"peak RSS {small['peak_rss_kb'] / 1024:,.0f} MB{workers_rss(small)}"
     )
     print(
         f"  json.loads/line {parse_rate:>11,.0f} rows/s  {parse['seconds']:6.2f} s  "
@@ -218,6 +272,14 @@ def main() -> None:
     )
     print(f"  goal: >= 100,000 rows/s: {'met' if verify_rate >= 100_000 else 'NOT met'}")
     print(f"ratio verify/parse {verify_rate / parse_rate:.3f}")
+
+
+def workers_rss(result: dict[str, Any]) -> str:
+    count = result["worker_count"]
+    if not count:
+        return ""
+    plural = "es" if count > 1 else ""
+    return f" + {count} worker process{plural}, each <= {result['worker_peak_rss_kb'] / 1024:,.0f} MB"
 
 
 if __name__ == "__main__":

@@ -28,7 +28,8 @@ import base64
 import hashlib
 import json
 import os
-from collections.abc import Iterable, Iterator
+import sys
+from collections.abc import Generator, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -393,6 +394,18 @@ def _open_text(path: str | os.PathLike[str]) -> Any:
 
 # The check
 
+# NDJSON and JSON exports are checked in byte ranges split on line breaks, each range by one process
+# (this one and `workers - 1` others), read in blocks of this size; a file of fewer lines than
+# PARALLEL_MIN_LINES (estimated from its first block) is checked by this process alone.
+BLOCK_SIZE = 1 << 16
+PARALLEL_MIN_LINES = 50_000
+_CONTENT_KEY_SET = frozenset(CONTENT_KEYS)
+_LINK_BROKEN = "prev_hash is not the previous row's hash: a row was removed, moved or added here"
+_NOT_A_ROW = "not a row of an audit export (no hash, prev_hash or content key)"
+_ROW_AFTER_HEAD = "a row after the signed head"
+_SECOND_HEAD = "a second signed head"
+_UNSIGNED_PURGE = "a purge checkpoint without a valid signature of a trusted key"
+
 
 def verify_export(
     path: str | os.PathLike[str],
@@ -401,6 +414,7 @@ def verify_export(
     head: str | os.PathLike[str] | dict[str, Any] | None = None,
     rotations: Any = None,
     whole_trail: bool = False,
+    workers: int | None = None,
 ) -> ExportVerification:
     """Check an audit export offline; raise ExportVerificationError naming the first line at fault.
 
@@ -412,9 +426,13 @@ def verify_export(
     does not start where the trail starts (GENESIS, or the anchor of a purge checkpoint in the file):
     without it the first row's `prev_hash` is taken as the start of a part of the trail (an export with
     `after` or `since`), so rows cut off the beginning go unseen (the result's `whole_trail` says which).
+    `workers`: how many processes check a large NDJSON or JSON export, each a part of the file (default
+    `min(2, os.cpu_count())`; 1: this process alone); the result and the error are the same either way.
     """
     name = os.fspath(path)
     keys = trusted_keys(public_key, rotations) if public_key is not None else None
+    if workers is None:
+        workers = min(2, os.cpu_count() or 1)
     try:
         handle = _open_text(path)
     except OSError as error:
@@ -433,7 +451,10 @@ def verify_export(
                 "not an audit export (neither NDJSON, JSON nor CSV)", line=1, path=name
             )
         try:
-            result = _verify(handle, kind, name, keys, head)
+            if kind == "csv":
+                result = _verify(handle, kind, name, keys, head)
+            else:
+                result = _verify_lines(name, kind, keys, head, workers)
         except ExportVerificationError as error:
             if error.path is None:
                 error.path = name
@@ -451,18 +472,6 @@ def verify_export(
         return result
 
 
-def _json_rows(handle: Iterable[str], kind: str) -> Iterator[tuple[int, str]]:
-    """(line number, the line's JSON text) of NDJSON or of the JSON array's object lines."""
-    if kind == "ndjson":
-        yield from enumerate(handle, 1)
-        return
-    for number, line in enumerate(handle, 1):
-        text = line.rstrip("\n")
-        if text in ("[", "]", ""):
-            continue
-        yield number, text[:-1] if text.endswith(",") else text
-
-
 def _verify(
     handle: Any,
     kind: str,
@@ -470,6 +479,7 @@ def _verify(
     keys: dict[str, Any] | None,
     head_source: str | os.PathLike[str] | dict[str, Any] | None,
 ) -> ExportVerification:
+    """The check of a CSV export (a record may span lines: read in one pass, by this process)."""
     previous: str | None = None
     first_prev: str | None = None
     last_entry: Any = None
@@ -478,65 +488,22 @@ def _verify(
     anchored = False
     first_entry: Any = None
     first_line: int | None = None
-    head: dict[str, Any] | None = None
-    head_line: int | None = None
     sha256 = hashlib.sha256
-    loads = _loads
     dumps = _dumps
-    source: Iterator[tuple[int, Any]] = _csv_rows(handle) if kind == "csv" else _json_rows(handle, kind)
     number = 0
-    for number, item in source:
-        if kind == "csv":
-            row = item
-        else:
-            if item.startswith('{"signed_head"'):
-                if head_line is not None:
-                    raise ExportVerificationError("a second signed head", line=number)
-                head_line = number
-                try:
-                    head = loads(item)["signed_head"]
-                except (ValueError, KeyError, TypeError):
-                    raise ExportVerificationError(
-                        "the signed head line is not valid JSON", line=number
-                    ) from None
-                continue
-            if not item.strip():
-                continue
-            try:
-                row = loads(item)
-            except ValueError as error:
-                raise ExportVerificationError(f"not JSON ({error.args[0]})", line=number) from None
-        if head_line is not None:
-            raise ExportVerificationError("a row after the signed head", line=number)
+    for number, row in _csv_rows(handle):
         try:
-            content = {
-                "kind": row["kind"],
-                "position": row["position"],
-                "event_id": row["event_id"],
-                "event_type": row["event_type"],
-                "event_category": row["event_category"],
-                "timestamp": row["timestamp"],
-                "session_id": row["session_id"],
-                "correlation_id": row["correlation_id"],
-                "actor": row["actor"],
-                "data": row["data"],
-                "source": row["source"],
-            }
+            content = {key: row[key] for key in CONTENT_KEYS}
             prev_hash = row["prev_hash"]
             stated = row["hash"]
         except (KeyError, TypeError):
-            raise ExportVerificationError(
-                "not a row of an audit export (no hash, prev_hash or content key)", line=number
-            ) from None
+            raise ExportVerificationError(_NOT_A_ROW, line=number) from None
         if previous is None:
             first_prev = prev_hash
             first_entry = row.get("entry_id")
             first_line = number
         elif prev_hash != previous:
-            raise ExportVerificationError(
-                "prev_hash is not the previous row's hash: a row was removed, moved or added here",
-                line=number,
-            )
+            raise ExportVerificationError(_LINK_BROKEN, line=number)
         try:
             digest = sha256((prev_hash + dumps(content)).encode()).hexdigest()
         except (TypeError, ValueError) as error:
@@ -546,15 +513,36 @@ def _verify(
         if content["kind"] == "checkpoint":
             checkpoints += 1
             if keys is not None and not _purge_valid(content["data"], keys):
-                raise ExportVerificationError(
-                    "a purge checkpoint without a valid signature of a trusted key", line=number
-                )
+                raise ExportVerificationError(_UNSIGNED_PURGE, line=number)
             data = content["data"] if isinstance(content["data"], dict) else {}
             if data.get("first_kept_id") == first_entry and data.get("anchor_hash") == first_prev:
                 anchored = True
         previous = stated
         last_entry = row.get("entry_id")
         rows += 1
+    return _conclude(
+        kind, name, keys, head_source, None, None, number, rows, previous, last_entry,
+        first_prev, first_line, checkpoints, anchored,
+    )  # fmt: skip
+
+
+def _conclude(
+    kind: str,
+    name: str,
+    keys: dict[str, Any] | None,
+    head_source: str | os.PathLike[str] | dict[str, Any] | None,
+    head: Any,
+    head_line: int | None,
+    number: int,
+    rows: int,
+    previous: Any,
+    last_entry: Any,
+    first_prev: Any,
+    first_line: int | None,
+    checkpoints: int,
+    anchored: bool,
+) -> ExportVerification:
+    """The checks of the file as a whole, once every row holds: rows, the head, its signature."""
     if rows == 0:
         raise ExportVerificationError("no rows: nothing to verify")
     if kind != "ndjson":
@@ -597,3 +585,428 @@ def _verify(
         anchored=anchored,
         first_line=first_line,
     )
+
+
+# NDJSON and JSON: line by line, in byte ranges
+
+
+def _json_item(line: str, kind: str) -> str | None:
+    """A line's JSON text (None: a line of the JSON array's brackets, or an empty line)."""
+    if kind == "ndjson":
+        return line
+    if line in ("[", "]", ""):
+        return None
+    return line[:-1] if line.endswith(",") else line
+
+
+def _first_row(path: str, kind: str) -> tuple[Any, Any] | None:
+    """(entry_id, prev_hash) of the file's first line when it is a row (None: anything else)."""
+    try:
+        with open(path, encoding="utf-8", newline="\n") as handle:
+            for line in handle:
+                item = _json_item(line.rstrip("\n"), kind)
+                if item is None or not item.strip():
+                    continue
+                if item.startswith('{"signed_head"'):
+                    return None
+                row = _loads(item)
+                for key in (*CONTENT_KEYS, "hash"):
+                    row[key]  # noqa: B018 - a row has them all
+                return row.get("entry_id"), row["prev_hash"]
+    except (ValueError, KeyError, TypeError, AttributeError):  # UnicodeDecodeError is a ValueError
+        return None
+    return None
+
+
+def _split(path: str, size: int, parts: int) -> list[tuple[int, int]]:
+    """`parts` byte ranges of the file (fewer if it is short), each starting at the start of a line."""
+    starts = [0]
+    with open(path, "rb") as handle:
+        for n in range(1, parts):
+            handle.seek(max(size * n // parts - 1, starts[-1]))
+            handle.readline()
+            at = handle.tell()
+            if starts[-1] < at < size:
+                starts.append(at)
+    return list(zip(starts, [*starts[1:], size], strict=True))
+
+
+def _estimated_lines(path: str, size: int) -> float:
+    with open(path, "rb") as handle:
+        sample = handle.read(BLOCK_SIZE)
+    if len(sample) >= size:
+        return sample.count(b"\n") + (0 if sample.endswith(b"\n") else 1)
+    return size * sample.count(b"\n") / max(len(sample), 1)
+
+
+def _verify_lines(
+    name: str,
+    kind: str,
+    keys: dict[str, Any] | None,
+    head_source: str | os.PathLike[str] | dict[str, Any] | None,
+    workers: int,
+) -> ExportVerification:
+    size = os.path.getsize(name)
+    ranges = [(0, size)]
+    anchor = None
+    if workers > 1 and sys.executable and _estimated_lines(name, size) >= PARALLEL_MIN_LINES:
+        anchor = _first_row(name, kind)
+        if anchor is not None:  # otherwise the first line is at fault: no need for more processes
+            ranges = _split(name, size, workers)
+    children: list[Any] = []
+    try:
+        for start, end in ranges[1:]:
+            children.append(_start_worker(name, kind, start, end, keys, anchor))
+        parts = _Parts(name, kind, keys, head_source)
+        parts.add(_scan(name, kind, ranges[0][0], ranges[0][1], keys, anchor))
+        for child, (start, end) in zip(children, ranges[1:], strict=True):
+            part = _worker_result(child)
+            if part is None:  # the process failed: this one checks its range
+                part = _scan(name, kind, start, end, keys, anchor)
+            parts.add(part)
+        return parts.conclude()
+    finally:
+        for child in children:
+            if child.poll() is None:
+                child.kill()
+            child.wait()
+            for stream in (child.stdin, child.stdout, child.stderr):
+                if stream is not None:
+                    stream.close()
+
+
+class _Parts:
+    """The ranges' findings joined in order: the links and the head between them, the first fault."""
+
+    def __init__(self, name: str, kind: str, keys: Any, head_source: Any) -> None:
+        self.name, self.kind, self.keys, self.head_source = name, kind, keys, head_source
+        self.offset = 0
+        self.rows = 0
+        self.checkpoints = 0
+        self.anchored = False
+        self.previous: Any = None
+        self.last_entry: Any = None
+        self.first_prev: Any = None
+        self.first_line: int | None = None
+        self.head: Any = None
+        self.head_line: int | None = None
+
+    def add(self, part: dict[str, Any]) -> None:
+        offset = self.offset
+        item = part["first_item"]
+        if self.head_line is not None and item is not None:
+            raise ExportVerificationError(item[1], line=offset + item[0])
+        first = part["first_row"]
+        if first is not None:
+            if self.first_line is None:
+                self.first_prev = first[1]
+                self.first_line = offset + first[0]
+            elif first[1] != self.previous:
+                raise ExportVerificationError(_LINK_BROKEN, line=offset + first[0])
+        fault = part["fault"]
+        if fault is not None:
+            line, message, has_line = fault
+            raise ExportVerificationError(message, line=offset + line if has_line else None)
+        if part["rows"]:
+            self.previous, self.last_entry = part["last"]
+        self.rows += part["rows"]
+        self.checkpoints += part["checkpoints"]
+        self.anchored = self.anchored or part["anchored"]
+        if part["head_line"] is not None:
+            self.head, self.head_line = part["head"], offset + part["head_line"]
+        self.offset += part["lines"]
+
+    def conclude(self) -> ExportVerification:
+        return _conclude(
+            self.kind, self.name, self.keys, self.head_source, self.head, self.head_line, self.offset,
+            self.rows, self.previous, self.last_entry, self.first_prev, self.first_line,
+            self.checkpoints, self.anchored,
+        )  # fmt: skip
+
+
+def _blocks(path: str, start: int, end: int) -> Generator[tuple[str | None, bytes], None, None]:
+    """The range's text in blocks of whole lines: (text, b"") or, at bytes that are not UTF-8,
+    (the text of the lines before them or None, the rest of the block from the faulty line on)."""
+    pending: list[bytes] = []
+    with open(path, "rb") as handle:
+        handle.seek(start)
+        remaining = end - start
+        while remaining > 0:
+            block = handle.read(min(BLOCK_SIZE, remaining))
+            if not block:
+                break
+            remaining -= len(block)
+            if remaining > 0:
+                cut = block.rfind(b"\n") + 1
+                if cut == 0:  # a line longer than a block
+                    pending.append(block)
+                    continue
+                block, rest = block[:cut], block[cut:]
+            else:
+                rest = b""
+            if pending:
+                block = b"".join([*pending, block])
+                pending = []
+            if rest:
+                pending.append(rest)
+            try:
+                yield block.decode("utf-8"), b""
+            except UnicodeDecodeError as error:
+                cut = block.rfind(b"\n", 0, error.start) + 1
+                yield (block[:cut].decode("utf-8") if cut else None), block[cut:]
+                return
+        if pending:
+            block = b"".join(pending)
+            try:
+                yield block.decode("utf-8"), b""
+            except UnicodeDecodeError as error:
+                cut = block.rfind(b"\n", 0, error.start) + 1
+                yield (block[:cut].decode("utf-8") if cut else None), block[cut:]
+
+
+def _scan(
+    path: str,
+    kind: str,
+    start: int,
+    end: int,
+    keys: Any,
+    anchor: tuple[Any, Any] | None,
+) -> dict[str, Any]:
+    """Check the lines of bytes start..end (each row's hash, the links between its rows, the purge
+    permits) up to the first at fault; what the next ranges need: the first and last rows, the head.
+
+    Line numbers are counted from the range's start (1-based). `keys`: trusted keys, None, or a callable
+    giving them (called at the first checkpoint). `anchor`: (entry_id, prev_hash) of the file's first
+    row (None: this range's first row is the file's).
+    """
+    number = 0
+    rows = 0
+    checkpoints = 0
+    anchored = False
+    previous: Any = None
+    last_entry: Any = None
+    first_item: list[Any] | None = None  # [line, the error if a head came before it]
+    first_row: list[Any] | None = None  # [line, prev_hash]
+    head: Any = None
+    head_line: int | None = None
+    fault: list[Any] | None = None  # [line, reason, whether the line is named]
+    first_entry, first_prev = anchor if anchor is not None else (None, None)
+    sha256 = hashlib.sha256
+    loads = _loads
+    encode = _encode
+    ndjson = kind == "ndjson"
+    content_keys = _CONTENT_KEY_SET
+    blocks = _blocks(path, start, end)
+    for text, bad in blocks:
+        if text is not None:
+            lines = text.split("\n")
+            unterminated = lines.pop()  # "" after the last line break
+            if unterminated:
+                lines.append(unterminated)
+            last_number = number + len(lines)
+            for line in lines:
+                number += 1
+                if ndjson:
+                    item = line
+                else:
+                    if line in ("[", "]", ""):
+                        continue
+                    item = line[:-1] if line.endswith(",") else line
+                if item.startswith('{"signed_head"'):
+                    if first_item is None:
+                        first_item = [number, _SECOND_HEAD]
+                    if head_line is not None:
+                        fault = [number, _SECOND_HEAD, True]
+                        break
+                    head_line = number
+                    try:
+                        head = loads(item)["signed_head"]
+                    except (ValueError, KeyError, TypeError):
+                        fault = [number, "the signed head line is not valid JSON", True]
+                        break
+                    continue
+                try:
+                    row = loads(item)
+                except ValueError as error:
+                    if not item.strip():  # an empty line (it does not parse: only rows are parsed twice)
+                        continue
+                    if ndjson and not (number == last_number and unterminated):
+                        # The error as it reads with the line's line break (its position may differ).
+                        reason = f"not JSON ({_parse_error(item + chr(10))})"
+                    else:
+                        reason = f"not JSON ({error.args[0]})"
+                    if first_item is None:
+                        first_item = [number, reason]
+                    fault = [number, reason, True]
+                    break
+                if head_line is not None:
+                    fault = [number, _ROW_AFTER_HEAD, True]
+                    break
+                try:  # the row less its other keys is its content (a copy where it has more keys)
+                    prev_hash = row.pop("prev_hash")
+                    stated = row.pop("hash")
+                    entry_id = row.pop("entry_id", None)
+                    row.pop("causation_id", None)
+                    row.pop("version", None)
+                    content = row if row.keys() == content_keys else {key: row[key] for key in CONTENT_KEYS}
+                except (KeyError, TypeError, AttributeError):
+                    if first_item is None:
+                        first_item = [number, _ROW_AFTER_HEAD]
+                    fault = [number, _NOT_A_ROW, True]
+                    break
+                if previous is None:
+                    if first_item is None:
+                        first_item = [number, _ROW_AFTER_HEAD]
+                    first_row = [number, prev_hash]
+                    if anchor is None:
+                        first_entry, first_prev = entry_id, prev_hash
+                elif prev_hash != previous:
+                    fault = [number, _LINK_BROKEN, True]
+                    break
+                try:
+                    digest = sha256((prev_hash + "".join(encode(content, 0))).encode()).hexdigest()
+                except (TypeError, ValueError) as error:
+                    fault = [number, f"the row cannot be hashed ({error})", True]
+                    break
+                if digest != stated:
+                    fault = [number, "the row's content does not match its hash", True]
+                    break
+                if content["kind"] == "checkpoint":
+                    checkpoints += 1
+                    if callable(keys):
+                        keys = keys()
+                    if keys is not None and not _purge_valid(content["data"], keys):
+                        fault = [number, _UNSIGNED_PURGE, True]
+                        break
+                    data = content["data"] if isinstance(content["data"], dict) else {}
+                    if data.get("first_kept_id") == first_entry and data.get("anchor_hash") == first_prev:
+                        anchored = True
+                previous = stated
+                last_entry = entry_id
+                rows += 1
+            if fault is not None:
+                break
+        if bad:
+            line_end = bad.find(b"\n")
+            try:
+                bad[: line_end if line_end >= 0 else len(bad)].decode("utf-8")
+            except UnicodeDecodeError as error:
+                fault = [number + 1, f"not UTF-8 text: {error}", False]
+            break
+    blocks.close()
+    return {
+        "lines": number,
+        "rows": rows,
+        "checkpoints": checkpoints,
+        "anchored": anchored,
+        "first_item": first_item,
+        "first_row": first_row,
+        "last": [previous, last_entry],
+        "head": head,
+        "head_line": head_line,
+        "fault": fault,
+    }
+
+
+def _parse_error(text: str) -> Any:
+    try:
+        _loads(text)
+    except ValueError as error:
+        return error.args[0]
+    return None  # pragma: no cover - text that did not parse without its line break
+
+
+def _c_encoder() -> Any:
+    # _dumps without its per-call overhead and with no check for cycles (there are none in parsed JSON):
+    # the same C encoder, called directly (chunks to join), or _dumps where there is no C encoder.
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:  # pragma: no cover - CPython has it
+        return lambda value, _level: [_dumps(value)]
+    default = json.JSONEncoder().default
+    return make(None, default, json.encoder.encode_basestring, None, ":", ",", True, False, False)
+
+
+_encode = _c_encoder()
+
+
+# The other processes: each runs this module alone (not the package: no httpx), reads its task as JSON
+# on stdin and writes its range's findings as one JSON line on stdout.
+
+_WORKER = (
+    "import importlib.util, sys\n"
+    "spec = importlib.util.spec_from_file_location('_eventbus_client_verify', sys.argv[1])\n"
+    "module = importlib.util.module_from_spec(spec)\n"
+    "sys.modules[spec.name] = module\n"
+    "spec.loader.exec_module(module)\n"
+    "module._worker_main()\n"
+)
+_RESULT = "eventbus-verify-range "
+
+
+def _start_worker(
+    path: str, kind: str, start: int, end: int, keys: dict[str, Any] | None, anchor: Any
+) -> Any:
+    import subprocess
+
+    task = {
+        "path": path,
+        "kind": kind,
+        "start": start,
+        "end": end,
+        "keys": None if keys is None else [_raw_key(key) for key in keys.values()],
+        "anchor": anchor,
+        "sys_path": [entry for entry in sys.path if isinstance(entry, str)],
+    }
+    child = subprocess.Popen(
+        [sys.executable, "-c", _WORKER, __file__],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+    assert child.stdin is not None
+    try:
+        child.stdin.write(json.dumps(task).encode())
+        child.stdin.close()
+    except OSError:
+        pass  # the process failed: its result says so
+    return child
+
+
+def _worker_result(child: Any) -> dict[str, Any] | None:
+    out = child.stdout.read()
+    if child.wait() != 0:
+        return None
+    for line in reversed(out.decode("utf-8", "replace").splitlines()):
+        if line.startswith(_RESULT):
+            try:
+                part: dict[str, Any] = json.loads(line[len(_RESULT) :])
+            except ValueError:
+                return None
+            return part
+    return None
+
+
+def _raw_key(key: Any) -> str:
+    from cryptography.hazmat.primitives import serialization
+
+    return str(key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw).hex())
+
+
+def _keys_from_raw(raw: list[str]) -> dict[str, Any]:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    keys = [Ed25519PublicKey.from_public_bytes(bytes.fromhex(value)) for value in raw]
+    return {_key_id(key): key for key in keys}
+
+
+def _worker_main() -> None:
+    task = json.loads(sys.stdin.buffer.read())
+    sys.path[:] = task["sys_path"]
+    raw = task["keys"]
+    keys = None if raw is None else (lambda: _keys_from_raw(raw))
+    anchor = task["anchor"]
+    part = _scan(
+        task["path"], task["kind"], task["start"], task["end"], keys, tuple(anchor) if anchor else None
+    )
+    sys.stdout.write(_RESULT + json.dumps(part) + "\n")
+    sys.stdout.flush()
