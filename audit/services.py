@@ -45,6 +45,11 @@ AUDITED_EVENT_TYPES = frozenset(
         EventType.OPERATOR_SIGNED_OUT,
         EventType.OPERATOR_SIGN_IN_FAILED,
         EventType.OPERATOR_LOCKED_OUT,
+        # Approval policies (hitl.policies): rule changes, partial approvals, escalations.
+        "hitl_rule_changed",
+        "hitl_approval_recorded",
+        "hitl_standing_approval_changed",
+        "tool_approval_escalated",
     }
 )
 HITL_DECISIONS = ("APPROVE", "EDIT", "REJECT")

@@ -23,9 +23,9 @@ With `--profile FILE`, py-spy records Daphne during the export (`py-spy record -
 by its extension speedscope (.json) or collapsed stacks (.txt); the export then runs slower and its
 figures are not the goal's).
 
-Goals (the export issue, then the ingestion issue): the export at least 0.3 of COPY's rate, under 130 MB peak RSS
-Measured on this kind of machine (2 cores): COPY about 400k rows/s. The last line printed is the ratio
-export/COPY.
+Goals (the export issue, then the ingestion issue): the export at least 0.3 of COPY's rate, under
+130 MB peak RSS for the server. Measured on this kind of machine (2 cores): COPY about 400k rows/s.
+The last line printed is the ratio export/COPY.
 
 Run from the repository root:
 `.venv/bin/python benchmarks/export.py [--rows N] [--repeat R] [--profile FILE]`.

@@ -12,7 +12,15 @@ from audit.api import (
 )
 from events.api import EventDetailView, EventsView
 from events.otlp import OtlpTracesView
-from hitl.api import ApprovalCancelView, ApprovalDecisionView, ApprovalRequestDetailView, ApprovalRequestsView
+from hitl.api import (
+    ApprovalCancelView,
+    ApprovalDecisionView,
+    ApprovalRequestDetailView,
+    ApprovalRequestsView,
+    ApprovalRuleDetailView,
+    ApprovalRulesEvaluateView,
+    ApprovalRulesView,
+)
 from ops.api import MetricsView, PrometheusView, StatsView
 from ops.health import healthz
 
@@ -38,6 +46,9 @@ urlpatterns = [
     path("api/hitl/requests/<str:call_id>/", ApprovalRequestDetailView.as_view(), name="hitl-request"),
     path("api/hitl/requests/<str:call_id>/decision/", ApprovalDecisionView.as_view(), name="hitl-decision"),
     path("api/hitl/requests/<str:call_id>/cancel/", ApprovalCancelView.as_view(), name="hitl-cancel"),
+    path("api/hitl/rules/", ApprovalRulesView.as_view(), name="hitl-rules"),
+    path("api/hitl/rules/evaluate/", ApprovalRulesEvaluateView.as_view(), name="hitl-rules-evaluate"),
+    path("api/hitl/rules/<int:rule_id>/", ApprovalRuleDetailView.as_view(), name="hitl-rule"),
     path("api/schema/", SpectacularAPIView.as_view(permission_classes=[AllowAny]), name="schema"),
     path(
         "api/docs/",

@@ -23,7 +23,7 @@ from django.contrib.admin.utils import unquote
 from django.contrib.admin.views.main import ChangeList
 from django.core.exceptions import PermissionDenied
 from django.db.models import Q, QuerySet
-from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils import timezone
@@ -35,8 +35,20 @@ from core.errors import ApplicationError
 from core.json_input import check_form_encoding, check_object, parse_json
 
 from .conf import hitl_settings
-from .inputs import MAX_TEXT
-from .models import ApprovalRequest, ApprovalStatus, DecisionChannel
+from .inputs import MAX_TEXT, PolicyProbeIn, validated
+from .models import ApprovalRequest, ApprovalRule, ApprovalStatus, DecisionChannel, StandingApproval
+from .policies import (
+    RULE_FIELDS,
+    compile_rule,
+    evaluate,
+    policy_dry_run,
+    rule_clean,
+    rule_create,
+    rule_delete,
+    rule_set_enabled,
+    rule_update,
+    standing_revoke,
+)
 from .selectors import pending_first
 from .services import approval_decide, args_digest, decision_of, user_may_decide, validate_against_schema
 
@@ -207,6 +219,12 @@ class AgentFilter(ValueFilter):
     field_name = "agent"
 
 
+class RuleFilter(ValueFilter):
+    title = "rule"
+    parameter_name = "rule"
+    field_name = "rule"
+
+
 class ApprovalChangeList(ChangeList):
     def get_queryset(self, request: HttpRequest, exclude_parameters: Any = None) -> QuerySet[Any]:
         # The rows show neither arguments nor texts, which may be large: fifty rows need not load them.
@@ -225,9 +243,10 @@ class ApprovalRequestAdmin(admin.ModelAdmin):
         "created_at",
         "expires",
         "decided_by_username",
+        "rule",
     )
     list_display_links = ("call_id",)
-    list_filter = ("status", ToolNameFilter, AgentFilter)  # status: its choices, no query
+    list_filter = ("status", ToolNameFilter, AgentFilter, RuleFilter)  # status: its choices, no query
     # Search is exact on session_id and a prefix of call_id (get_search_results): both use an index.
     search_fields = ("call_id", "session_id")
     search_help_text = "A call id or its beginning, or an exact session id."
@@ -344,13 +363,30 @@ class ApprovalRequestAdmin(admin.ModelAdmin):
             "reason",
             "created_at",
         ]
+        policy = (
+            "Policy",
+            {
+                "fields": [
+                    "rule",
+                    "approvals_required",
+                    "approvals",
+                    "approver_group",
+                    "escalate_to_group",
+                    "escalate_at",
+                    "escalated_at",
+                    "args_sha256",
+                ]
+            },
+        )
         if obj is not None and obj.is_pending:
             return [
                 (None, {"fields": [*request_fields, "expires_at", "time_left", "on_expire"]}),
+                policy,
                 ("Arguments", {"fields": ["proposed_arguments"]}),
             ]
         return [
             (None, {"fields": [*request_fields, "expires_at", "on_expire"]}),
+            policy,
             ("Decision", {"fields": ["status", "decided_by_username", "decided_at", "channel", "comment"]}),
             ("Arguments", {"fields": ["proposed_arguments", "run_arguments", "edit_diff"]}),
         ]
@@ -626,3 +662,210 @@ class ApprovalRequestAdmin(admin.ModelAdmin):
             text += f"; {len(failures)} could not be: {shown}"
         level = messages.SUCCESS if not failures else messages.WARNING if done else messages.ERROR
         self.message_user(request, text + ".", level)
+
+
+# Approval rules and standing approvals
+
+
+class ApprovalRuleForm(forms.ModelForm):
+    """The rule's fields; checked by the service (hitl.policies.rule_clean), whose 400 names the field."""
+
+    class Meta:
+        model = ApprovalRule
+        fields = list(RULE_FIELDS)
+        widgets = {"condition": forms.Textarea(attrs={"rows": 3, "cols": 80, "class": "vLargeTextField"})}
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean() or {}
+        for name in ("approver_group", "escalate_to_group"):
+            if cleaned.get(name) == "":
+                cleaned[name] = None
+        try:
+            rule_clean({name: cleaned.get(name) for name in RULE_FIELDS if name in cleaned})
+        except ApplicationError as error:
+            for item in error.extra.get("errors") or [{"field": None, "message": error.message}]:
+                field = item.get("field")
+                self.add_error(field if field in self.fields else None, str(item.get("message")))
+        return cleaned
+
+
+class RuleTestForm(forms.Form):
+    body = forms.CharField(
+        label="A request body (JSON)",
+        widget=forms.Textarea(attrs={"rows": 8, "cols": 80, "class": "vLargeTextField"}),
+        initial='{"tool_name": "delete_records", "arguments": {"table": "users"}, "agent": "", '
+        '"session_id": "s-1", "reason": ""}',
+    )
+
+
+def _may_change_rules(request: HttpRequest) -> bool:
+    return bool(request.user.has_perm("hitl.change_approvalrule"))
+
+
+@admin.register(ApprovalRule)
+class ApprovalRuleAdmin(admin.ModelAdmin):
+    """Rules in the order they are tried; every write goes through hitl.policies (audited, versioned)."""
+
+    form = ApprovalRuleForm
+    list_display = (
+        "priority",
+        "name",
+        "enabled",
+        "tool",
+        "agent",
+        "action",
+        "approvals_required",
+        "approver_group",
+        "version",
+        "test_link",
+    )
+    list_display_links = ("name",)
+    list_filter = ("enabled", "action", "approver_group")
+    search_fields = ("name", "tool", "agent")
+    ordering = ("-priority", "id")
+    actions = ["enable_selected", "disable_selected"]
+    readonly_fields = ("version",)
+
+    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return super().has_view_permission(request, obj) or _may_change_rules(request)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return _may_change_rules(request)
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return _may_change_rules(request)
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return _may_change_rules(request)
+
+    @admin.display(description="test")
+    def test_link(self, obj: ApprovalRule) -> SafeString:
+        url = reverse("admin:hitl_approvalrule_test", args=[obj.pk])
+        return format_html('<a href="{}">test this rule</a>', url)
+
+    def save_model(self, request: HttpRequest, obj: ApprovalRule, form: forms.Form, change: bool) -> None:
+        data = {name: form.cleaned_data.get(name) for name in RULE_FIELDS}
+        for name in ("approver_group", "escalate_to_group"):
+            data[name] = data[name] or None
+        if change:
+            saved = rule_update(rule_id=obj.pk, data=data, user=request.user)
+        else:
+            saved = rule_create(data=data, user=request.user)
+        obj.pk, obj.version = saved.pk, saved.version
+
+    def delete_model(self, request: HttpRequest, obj: ApprovalRule) -> None:
+        rule_delete(rule_id=obj.pk, user=request.user)
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[ApprovalRule]) -> None:
+        for pk in list(queryset.values_list("pk", flat=True)):
+            rule_delete(rule_id=pk, user=request.user)
+
+    def _set_enabled(self, request: HttpRequest, queryset: QuerySet[ApprovalRule], enabled: bool) -> None:
+        changed = 0
+        for rule in queryset:
+            if rule.enabled != enabled:
+                rule_set_enabled(rule_id=rule.pk, enabled=enabled, user=request.user)
+                changed += 1
+        self.message_user(request, f"{changed} rule(s) {'enabled' if enabled else 'disabled'}.")
+
+    @admin.action(description="Enable selected rules", permissions=["change"])
+    def enable_selected(self, request: HttpRequest, queryset: QuerySet[ApprovalRule]) -> None:
+        self._set_enabled(request, queryset, True)
+
+    @admin.action(description="Disable selected rules", permissions=["change"])
+    def disable_selected(self, request: HttpRequest, queryset: QuerySet[ApprovalRule]) -> None:
+        self._set_enabled(request, queryset, False)
+
+    def get_urls(self) -> list[Any]:
+        from django.urls import path
+
+        extra = [
+            path(
+                "<path:object_id>/test/",
+                self.admin_site.admin_view(self.test_view),
+                name="hitl_approvalrule_test",
+            )
+        ]
+        return extra + super().get_urls()
+
+    def test_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """ "Test this rule": a request body in, what this rule and the whole policy would do out."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        rule = self.get_object(request, unquote(object_id))
+        if rule is None:
+            raise Http404(f"no approval rule has id {object_id!r}")
+        form = RuleTestForm(request.POST or None)
+        result: dict[str, Any] | None = None
+        if request.method == "POST" and form.is_valid():
+            try:
+                body = parse_json(form.cleaned_data["body"], "body")
+                data = validated(PolicyProbeIn, body)
+                probe = dict(
+                    tool_name=data["tool_name"],
+                    arguments=data["arguments"],
+                    agent=data["agent"],
+                    session_id=data["session_id"],
+                    reason=data["reason"],
+                )
+                alone = evaluate([compile_rule(rule)], **probe)
+                result = {
+                    "this_rule_matches": alone.rule is not None,
+                    "this_rule": alone.as_dict() if alone.rule is not None else None,
+                    "policy": policy_dry_run(data=data),
+                }
+            except ApplicationError as error:
+                form.add_error("body", error.message)
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "title": f"Test the rule {rule.label}",
+            "rule": rule,
+            "form": form,
+            "result": result,
+            "result_json": pretty_json(result) if result is not None else "",
+        }
+        return TemplateResponse(request, "admin/hitl/approvalrule/test_rule.html", context)
+
+
+@admin.register(StandingApproval)
+class StandingApprovalAdmin(admin.ModelAdmin):
+    """Standing approvals: listed, and revoked through hitl.policies.standing_revoke."""
+
+    list_display = (
+        "id",
+        "tool_name",
+        "scope",
+        "scope_value",
+        "created_by_username",
+        "created_at",
+        "expires_at",
+        "revoked_at",
+    )
+    list_filter = ("scope", "revoked_at")
+    search_fields = ("tool_name", "scope_value", "source_call_id")
+    readonly_fields = [f.name for f in StandingApproval._meta.fields]
+    actions = ["revoke_selected"]
+
+    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return super().has_view_permission(request, obj) or user_may_decide(request.user)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # made by a decision's `remember`
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_revoke_permission(self, request: HttpRequest) -> bool:
+        return user_may_decide(request.user)
+
+    @admin.action(description="Revoke selected standing approvals", permissions=["revoke"])
+    def revoke_selected(self, request: HttpRequest, queryset: QuerySet[StandingApproval]) -> None:
+        revoked = 0
+        for pk in list(queryset.filter(revoked_at__isnull=True).values_list("pk", flat=True)):
+            standing_revoke(standing_id=pk, user=request.user)
+            revoked += 1
+        self.message_user(request, f"{revoked} standing approval(s) revoked.", messages.SUCCESS)

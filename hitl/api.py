@@ -23,9 +23,10 @@ from core.params import int_param, seconds_param
 from core.parsers import StrictJSONParser
 from events.serializers import ErrorSerializer
 
-from .inputs import ApprovalRequestIn, DecisionIn, decision_input, validated
-from .models import DecisionChannel, OnExpire
+from .inputs import ApprovalRequestIn, DecisionIn, PolicyProbeIn, RuleIn, decision_input, validated
+from .models import ApprovalRule, DecisionChannel, OnExpire
 from .perms import REQUEST_APPROVAL
+from .policies import policy_dry_run, rule_as_dict, rule_create, rule_delete, rule_update
 from .selectors import (
     VIEW_PERMISSION,
     approval_as_dict,
@@ -41,6 +42,11 @@ MAX_PAGE = 200
 MAX_TEXT = 10_000
 MAX_ID = 2**63 - 1  # a BIGINT: a larger `before` is a 400 here, not an overflow in the database
 DECISIONS = ["APPROVE", "EDIT", "REJECT"]
+
+
+class ApprovalOut(serializers.Serializer):
+    user = serializers.CharField()
+    decided_at = serializers.DateTimeField()
 
 
 class ApprovalRequestOut(serializers.Serializer):
@@ -64,6 +70,15 @@ class ApprovalRequestOut(serializers.Serializer):
     decided_at = serializers.DateTimeField(allow_null=True)
     expires_at = serializers.DateTimeField()
     on_expire = serializers.ChoiceField(choices=OnExpire.values)
+    approvals_required = serializers.IntegerField(min_value=1)
+    approvals = ApprovalOut(many=True)
+    rule = serializers.CharField(
+        allow_null=True, help_text='"<name>@<version>", "standing:<id>", or null (no rule matched).'
+    )
+    args_sha256 = serializers.CharField(allow_null=True)
+    approver_group = serializers.CharField(allow_null=True)
+    escalate_to_group = serializers.CharField(allow_null=True)
+    escalated_at = serializers.DateTimeField(allow_null=True)
 
 
 class ApprovalPageOut(serializers.Serializer):
@@ -236,6 +251,7 @@ class ApprovalDecisionView(AsyncAPIView):
             modified_args=data["modified_args"],
             comment=data["comment"],
             channel=DecisionChannel.API,
+            remember=data["remember"],
         )
         return Response(approval_as_dict(approval))
 
@@ -262,3 +278,141 @@ class ApprovalCancelView(AsyncAPIView):
         """200 with the cancelled request; 409 when it is no longer pending."""
         approval = await off_shared_thread(approval_cancel)(call_id=call_id, user=request.user)
         return Response(approval_as_dict(approval))
+
+
+# Approval rules
+
+
+RULE_PERMISSION = "hitl.change_approvalrule"
+
+
+class CanChangeRules(BasePermission):
+    """Operators with hitl.change_approvalrule read and write the rules, and try them."""
+
+    message = "You need the permission hitl.change_approvalrule (operators have it)."
+
+    def has_permission(self, request: Request, view: Any) -> bool:
+        return bool(request.user.has_perm(RULE_PERMISSION))
+
+
+class RuleOut(serializers.Serializer):
+    id = serializers.IntegerField()
+    name = serializers.CharField()
+    priority = serializers.IntegerField()
+    enabled = serializers.BooleanField()
+    tool = serializers.CharField()
+    agent = serializers.CharField()
+    condition = serializers.CharField()
+    action = serializers.ChoiceField(choices=["approve", "reject", "require"])
+    approvals_required = serializers.IntegerField()
+    approver_group = serializers.CharField(allow_null=True)
+    escalate_after_s = serializers.FloatField(allow_null=True)
+    escalate_to_group = serializers.CharField(allow_null=True)
+    message = serializers.CharField()
+    version = serializers.IntegerField()
+    rule = serializers.CharField(help_text='"<name>@<version>"')
+    created_at = serializers.DateTimeField()
+    updated_at = serializers.DateTimeField()
+
+
+class PolicyOutcomeOut(serializers.Serializer):
+    action = serializers.ChoiceField(choices=["approve", "reject", "require"])
+    rule = serializers.CharField(allow_null=True)
+    approvals_required = serializers.IntegerField()
+    approver_group = serializers.CharField(allow_null=True)
+
+
+def _rules() -> list[dict[str, Any]]:
+    return [rule_as_dict(rule) for rule in ApprovalRule.objects.order_by("-priority", "id")]
+
+
+def _rule(rule_id: int) -> dict[str, Any]:
+    rule = ApprovalRule.objects.filter(pk=rule_id).first()
+    if rule is None:
+        raise ApplicationError(f"no approval rule has id {rule_id}", code="not_found", status=404)
+    return rule_as_dict(rule)
+
+
+class ApprovalRulesView(AsyncAPIView):
+    """The approval policy's rules, in the order they are tried."""
+
+    permission_classes = [IsAuthenticated, CanChangeRules]
+    parser_classes = [StrictJSONParser]
+
+    @extend_schema(
+        operation_id="hitl_rules_list",
+        summary="List approval rules (highest priority first)",
+        responses={200: RuleOut(many=True), **_ERRORS},
+        tags=["hitl"],
+    )
+    async def get(self, request: Request) -> Response:
+        """Every rule, enabled or not, in the order they are tried."""
+        return Response(await off_shared_thread(_rules)())
+
+    @extend_schema(
+        operation_id="hitl_rules_create",
+        summary="Add an approval rule",
+        request=RuleIn,
+        responses={201: RuleOut, 409: OpenApiResponse(ErrorSerializer), **_ERRORS},
+        tags=["hitl"],
+    )
+    async def post(self, request: Request) -> Response:
+        """201 with the rule (version 1); 400 naming the field; 409 when the name is taken."""
+        rule = await off_shared_thread(rule_create)(data=_body(request), user=request.user)
+        return Response(rule_as_dict(rule), status=201)
+
+
+class ApprovalRuleDetailView(AsyncAPIView):
+    """One approval rule."""
+
+    permission_classes = [IsAuthenticated, CanChangeRules]
+    parser_classes = [StrictJSONParser]
+
+    @extend_schema(
+        operation_id="hitl_rules_retrieve",
+        summary="An approval rule",
+        responses={200: RuleOut, 404: OpenApiResponse(ErrorSerializer), **_ERRORS},
+        tags=["hitl"],
+    )
+    async def get(self, request: Request, rule_id: int) -> Response:
+        return Response(await off_shared_thread(_rule)(rule_id))
+
+    @extend_schema(
+        operation_id="hitl_rules_update",
+        summary="Replace an approval rule (its version goes up)",
+        request=RuleIn,
+        responses={200: RuleOut, 404: OpenApiResponse(ErrorSerializer), **_ERRORS},
+        tags=["hitl"],
+    )
+    async def put(self, request: Request, rule_id: int) -> Response:
+        """Fields left out take their defaults."""
+        rule = await off_shared_thread(rule_update)(rule_id=rule_id, data=_body(request), user=request.user)
+        return Response(rule_as_dict(rule))
+
+    @extend_schema(
+        operation_id="hitl_rules_destroy",
+        summary="Delete an approval rule",
+        responses={204: None, 404: OpenApiResponse(ErrorSerializer), **_ERRORS},
+        tags=["hitl"],
+    )
+    async def delete(self, request: Request, rule_id: int) -> Response:
+        await off_shared_thread(rule_delete)(rule_id=rule_id, user=request.user)
+        return Response(status=204)
+
+
+class ApprovalRulesEvaluateView(AsyncAPIView):
+    """Dry run: what the rules would do with a request body. Creates nothing."""
+
+    permission_classes = [IsAuthenticated, CanChangeRules]
+    parser_classes = [StrictJSONParser]
+
+    @extend_schema(
+        operation_id="hitl_rules_evaluate",
+        summary="What the approval policy would do with a request (dry run)",
+        request=PolicyProbeIn,
+        responses={200: PolicyOutcomeOut, **_ERRORS},
+        tags=["hitl"],
+    )
+    async def post(self, request: Request) -> Response:
+        data = validated(PolicyProbeIn, _body(request))
+        return Response(await off_shared_thread(policy_dry_run)(data=data))

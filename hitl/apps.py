@@ -6,7 +6,12 @@ class HitlConfig(AppConfig):
     verbose_name = "Human approval"
     # What the roles (accounts.roles) get of this app.
     role_permissions = {
-        "operators": ("hitl.view_approvalrequest", "hitl.decide_approvalrequest"),
+        "operators": (
+            "hitl.view_approvalrequest",
+            "hitl.decide_approvalrequest",
+            "hitl.change_approvalrule",
+            "hitl.view_standingapproval",
+        ),
         "agents": ("hitl.request_approval",),
     }
 

@@ -42,11 +42,18 @@ LIFECYCLE_EVENTS = (
     str(EventType.TOOL_APPROVAL_REQUIRED),
     str(EventType.HITL_DECISION_MADE),
     str(EventType.TOOL_APPROVAL_CANCELLED),
+    # Still pending, but changed: one approval of several, handed to another group.
+    "hitl_approval_recorded",
+    "tool_approval_escalated",
+    # Still pending, about to expire (notify's warning): the card pulses.
+    "tool_approval_expiring",
 )
 MAX_CALL_ID = 255
 
 
-def _decide(*, user: Any, call_id: str, decision: str, modified_args: Any, comment: str) -> dict[str, Any]:
+def _decide(
+    *, user: Any, call_id: str, decision: str, modified_args: Any, comment: str, remember: Any = None
+) -> dict[str, Any]:
     request = approval_decide(
         call_id=call_id,
         user=user,
@@ -54,6 +61,7 @@ def _decide(*, user: Any, call_id: str, decision: str, modified_args: Any, comme
         modified_args=modified_args,
         comment=comment,
         channel=DecisionChannel.WEBSOCKET,
+        remember=remember,
     )
     return approval_as_dict(request)
 
@@ -74,6 +82,8 @@ def message_for(event_type: str, approval: dict[str, Any]) -> dict[str, Any] | N
     never needs (a request that is already decided: its decision's own message says so).
     """
     status = approval.get("status")
+    if status == ApprovalStatus.PENDING and event_type == "tool_approval_expiring":
+        return {"type": "expiring", **approval}
     if status == ApprovalStatus.PENDING:
         return {"type": "request", **approval}
     if event_type == EventType.TOOL_APPROVAL_REQUIRED:
@@ -149,6 +159,7 @@ class ApprovalQueueConsumer(LiveConsumer):
 
     async def decide(self, message: dict[str, Any]) -> None:
         call_id, decision, modified_args, comment = check_decide(message)
+        remember = decide_remember(message)
         try:
             request = await off_shared_thread(_decide)(
                 user=self.scope["user"],
@@ -156,6 +167,7 @@ class ApprovalQueueConsumer(LiveConsumer):
                 decision=decision,
                 modified_args=modified_args,
                 comment=comment,
+                remember=remember,
             )
         except ApplicationError as error:
             await self.send_error(error.code, error.message, call_id=call_id, **error.extra)
@@ -183,3 +195,10 @@ def check_decide(message: dict[str, Any]) -> tuple[str, str, dict[str, Any] | No
         {key: message[key] for key in ("decision", "modified_args", "comment") if key in message}
     )
     return call_id, decided["decision"], decided["modified_args"], decided["comment"]
+
+
+def decide_remember(message: dict[str, Any]) -> dict[str, Any] | None:
+    """A decide frame's `remember`, checked like the other surfaces' (400 naming the field)."""
+    if "remember" not in message:
+        return None
+    return decision_input({"decision": "APPROVE", "remember": message["remember"]})["remember"]

@@ -107,6 +107,18 @@ class ApprovalRequestIn(serializers.Serializer):
     correlation_id = StrictCharField(max_length=255, required=False, allow_null=True, default=None)
 
 
+class RememberField(serializers.Field):
+    """`remember`: checked by hitl.policies.remember_clean (400 naming remember.scope / remember.ttl_s)."""
+
+    def to_internal_value(self, data: Any) -> dict[str, Any] | None:
+        from .policies import remember_clean
+
+        return remember_clean(data)
+
+    def to_representation(self, value: Any) -> Any:
+        return value
+
+
 class DecisionIn(serializers.Serializer):
     """An operator's decision, whichever surface it comes through."""
 
@@ -115,6 +127,41 @@ class DecisionIn(serializers.Serializer):
     comment = StrictCharField(
         max_length=MAX_TEXT, required=False, allow_blank=True, allow_null=True, default=""
     )
+    remember = RememberField(
+        required=False,
+        allow_null=True,
+        default=None,
+        help_text='{"scope": "session" | "agent", "ttl_s": N}: approve the same tool with the same '
+        "arguments in that scope automatically for N seconds (APPROVE only).",
+    )
+
+
+class PolicyProbeIn(serializers.Serializer):
+    """A request body as the policy sees it (POST /api/hitl/rules/evaluate/); other fields are ignored."""
+
+    tool_name = StrictCharField(max_length=255, min_length=1)
+    arguments = JSONObjectField(required=False, default=dict)
+    agent = StrictCharField(max_length=150, required=False, allow_blank=True, default="")
+    session_id = StrictCharField(max_length=255, required=False, allow_blank=True, default="")
+    reason = StrictCharField(max_length=MAX_TEXT, required=False, allow_blank=True, default="")
+
+
+class RuleIn(serializers.Serializer):
+    """An approval rule (POST, PUT); the service (hitl.policies.rule_clean) checks it again, with the
+    globs, the CEL condition and the groups, for every surface."""
+
+    name = StrictCharField(max_length=150, min_length=1)
+    priority = serializers.IntegerField(required=False, default=0)
+    enabled = serializers.BooleanField(required=False, default=True)
+    tool = StrictCharField(max_length=255, required=False, default="*")
+    agent = StrictCharField(max_length=255, required=False, default="*")
+    condition = StrictCharField(max_length=4096, required=False, allow_blank=True, default="")
+    action = StrictChoiceField(choices=["approve", "reject", "require"])
+    approvals_required = serializers.IntegerField(required=False, default=1, min_value=1)
+    approver_group = StrictCharField(max_length=150, required=False, allow_null=True, default=None)
+    escalate_after_s = StrictNumberField(required=False, allow_null=True, default=None)
+    escalate_to_group = StrictCharField(max_length=150, required=False, allow_null=True, default=None)
+    message = StrictCharField(max_length=MAX_TEXT, required=False, allow_blank=True, default="")
 
 
 def validated(serializer_class: type[serializers.Serializer], payload: Any) -> dict[str, Any]:
@@ -133,7 +180,8 @@ def validated(serializer_class: type[serializers.Serializer], payload: Any) -> d
 
 
 def decision_input(payload: Any) -> dict[str, Any]:
-    """A decision's fields (`decision`, `modified_args`, `comment`) as every surface takes them."""
+    """A decision's fields (`decision`, `modified_args`, `comment`, `remember`), as every surface takes
+    them."""
     data = validated(DecisionIn, payload)
     if data["comment"] is None:
         data["comment"] = ""  # null: no comment

@@ -62,6 +62,13 @@ def approval_as_dict(request: ApprovalRequest) -> dict[str, Any]:
         "decided_at": moment(request.decided_at),
         "expires_at": moment(request.expires_at),
         "on_expire": request.on_expire,
+        "approvals_required": request.approvals_required,
+        "approvals": list(request.approvals or []),
+        "rule": request.rule or None,
+        "args_sha256": request.args_sha256 or None,
+        "approver_group": request.approver_group,
+        "escalate_to_group": request.escalate_to_group,
+        "escalated_at": moment(request.escalated_at),
     }
 
 
@@ -115,3 +122,34 @@ def approvals_by_call_id(*, call_ids: list[str]) -> dict[str, dict[str, Any]]:
     """The requests with these call_ids as the contract's JSON, by call_id (missing ones left out)."""
     wanted = sorted({call_id for call_id in call_ids if call_id})
     return {r.call_id: approval_as_dict(r) for r in ApprovalRequest.objects.filter(call_id__in=wanted)}
+
+
+MAX_RULE_LABELS = 50
+
+
+def decisions_by_rule() -> dict[tuple[str, str], int]:
+    """Decided requests by (rule, status), for /metrics. Bounded labels: a rule's name without its version,
+    "standing" for every standing approval, "none" where no rule matched; past MAX_RULE_LABELS names,
+    "other"."""
+    from django.db.models import Count
+
+    rows = (
+        ApprovalRequest.objects.exclude(status=ApprovalStatus.PENDING)
+        .order_by()
+        .values_list("rule", "status")
+        .annotate(n=Count("*"))
+    )
+    counts: dict[tuple[str, str], int] = {}
+    names: set[str] = set()
+    for rule, status, n in rows:
+        if not rule:
+            name = "none"
+        elif rule.startswith("standing:"):
+            name = "standing"
+        else:
+            name = rule.rsplit("@", 1)[0]
+        if name not in names and len(names) >= MAX_RULE_LABELS:
+            name = "other"
+        names.add(name)
+        counts[name, status] = counts.get((name, status), 0) + n
+    return counts

@@ -26,13 +26,14 @@ from core.errors import ApplicationError
 from core.json_input import check_object, invalid, text_problem
 from events.base import BaseEvent
 from events.event_bus import EventBus, event_bus
-from events.event_types import EventType
+from events.event_types import EventCategory, EventType
 from events.services import events_record
 from events.tool_events import HITLDecisionMadeEvent, ToolApprovalCancelledEvent, ToolApprovalRequiredEvent
 
 from .conf import hitl_settings, tool_schema
-from .models import ApprovalRequest, ApprovalStatus, DecisionChannel, OnExpire
+from .models import ApprovalRequest, ApprovalStatus, DecisionChannel, OnExpire, RuleAction
 from .perms import DECIDE_APPROVALS
+from .policies import args_sha256, policy_for, remember_clean, standing_create, standing_for
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import AnonymousUser, User
@@ -45,6 +46,8 @@ DECISIONS = {
     "REJECT": ApprovalStatus.REJECTED,
 }
 DECIDE_PERMISSION = DECIDE_APPROVALS
+APPROVAL_RECORDED = "hitl_approval_recorded"  # one approval of several needed (server-only: hitl_)
+ESCALATED = "tool_approval_escalated"  # server-only: tool_approval_
 MAX_TEXT = 255
 
 
@@ -175,8 +178,6 @@ def approval_request(
     existing = ApprovalRequest.objects.filter(call_id=call_id).first()
     if existing is not None:
         return _same_call(existing, tool_name, digest, requester_id), False
-    if requester_id is not None:
-        _check_pending_cap(requester_id)
     now = timezone.now()
     request = ApprovalRequest(
         call_id=call_id,
@@ -191,7 +192,12 @@ def approval_request(
         created_at=now,
         expires_at=now + timedelta(seconds=float(timeout_s)),
         on_expire=on_expire,
+        args_sha256=args_sha256(arguments),
     )
+    _apply_policy(request, now)
+    if requester_id is not None and request.status == ApprovalStatus.PENDING:
+        # Only a request that waits takes a place: one a rule decided at once never counts.
+        _check_pending_cap(requester_id)
     try:
         with transaction.atomic():
             request.save(force_insert=True)
@@ -210,11 +216,65 @@ def approval_request(
         reason=reason,
         agent=agent or None,
         source="hitl",
-        data={"expires_at": request.expires_at.isoformat(), "on_expire": on_expire},
+        data={
+            "expires_at": request.expires_at.isoformat(),
+            "on_expire": on_expire,
+            "rule": request.rule or None,
+            "approvals_required": request.approvals_required,
+            "approver_group": request.approver_group,
+        },
     )
     event.actor = requested_by.get_username() if requested_by is not None else None
-    events_record(events=[event])
+    if request.status == ApprovalStatus.PENDING:
+        events_record(events=[event])
+    else:
+        # Decided by the policy: the request and its decision are stored (and audited) together.
+        events_record(events=[event, _decision_event(request, _outcome_of(request))])
     return request, True
+
+
+def _apply_policy(request: ApprovalRequest, now: datetime) -> None:
+    """Let the approval policy decide `request` (not yet saved), or say who must: the first matching
+    rule's approve or reject decides at once (channel "policy", decided_by null); else a standing
+    approval of the same call approves it; else the rule's (or the default's) quorum applies."""
+    outcome = policy_for(
+        tool_name=request.tool_name,
+        arguments=request.arguments,
+        agent=request.agent,
+        session_id=request.session_id,
+        reason=request.reason,
+    )
+    request.rule = outcome.label
+    if outcome.action in (RuleAction.APPROVE, RuleAction.REJECT):
+        assert outcome.rule is not None
+        request.status = (
+            ApprovalStatus.APPROVED if outcome.action == RuleAction.APPROVE else ApprovalStatus.REJECTED
+        )
+        request.channel = DecisionChannel.POLICY
+        request.decided_at = now
+        request.comment = outcome.rule.message
+        return
+    standing = standing_for(
+        outcome=outcome,
+        tool_name=request.tool_name,
+        digest=request.args_sha256,
+        session_id=request.session_id,
+        agent=request.agent,
+        requested_by_id=request.requested_by_id,
+        now=now,
+    )
+    if standing is not None:
+        request.rule = standing.label
+        request.status = ApprovalStatus.APPROVED
+        request.channel = DecisionChannel.POLICY
+        request.decided_at = now
+        return
+    rule = outcome.rule
+    request.approvals_required = outcome.approvals_required
+    request.approver_group = outcome.approver_group
+    if rule is not None and rule.escalate_after_s is not None:
+        request.escalate_to_group = rule.escalate_to_group
+        request.escalate_at = now + timedelta(seconds=rule.escalate_after_s)
 
 
 def _same_call(
@@ -251,6 +311,36 @@ def _check_pending_cap(requester_id: int) -> None:
 # Decide
 
 
+def _outcome_of(request: ApprovalRequest) -> str:
+    if request.status == ApprovalStatus.EXPIRED:
+        return "APPROVE" if request.on_expire == OnExpire.APPROVE else "REJECT"
+    return {"approved": "APPROVE", "edited": "EDIT"}.get(str(request.status), "REJECT")
+
+
+def _user_groups(user: User) -> set[str]:
+    return set(user.groups.values_list("name", flat=True))
+
+
+def _check_eligible(request: ApprovalRequest, user: User, decision: str) -> None:
+    """Only the request's approver group (and, once escalated, the escalation group) decide; the user who
+    made a request never approves it."""
+    if decision != "REJECT" and request.requested_by_id is not None and request.requested_by_id == user.pk:
+        raise ApplicationError(
+            "the user who made a request never approves it", code="permission_denied", status=403
+        )
+    if request.approver_group is None:
+        return  # any operator (an escalation adds nobody: everyone may decide already)
+    allowed = [request.approver_group]
+    if request.escalated_at is not None and request.escalate_to_group:
+        allowed.append(request.escalate_to_group)
+    if not set(allowed) & _user_groups(user):
+        raise ApplicationError(
+            f"only members of {' or '.join(allowed)} may decide this request",
+            code="permission_denied",
+            status=403,
+        )
+
+
 @transaction.atomic
 def approval_decide(
     *,
@@ -260,19 +350,31 @@ def approval_decide(
     modified_args: dict[str, Any] | None = None,
     comment: str = "",
     channel: str = DecisionChannel.API,
+    remember: dict[str, Any] | None = None,
+    now: datetime | None = None,
 ) -> ApprovalRequest:
-    """Approve, edit or reject a pending request as `user`; exactly one of simultaneous decisions wins."""
+    """Approve, edit or reject a pending request as `user`.
+
+    With a quorum (`approvals_required` N > 1) an APPROVE is recorded until N distinct operators have
+    approved, and the N-th decides; an EDIT is taken only as the last approval needed (it changes what
+    the others approved, so it cannot stand for them); one REJECT rejects. The row is locked for the
+    whole decision, so simultaneous approvals count once each and a reject beside them wins or finds the
+    request decided. `remember` (APPROVE of a one-approval request) also records a standing approval.
+    """
     if not user_may_decide(user):
         raise ApplicationError(
             "only operators may decide approval requests", code="permission_denied", status=403
         )
-    assert user is not None
+    assert user is not None and user.is_authenticated
     if decision not in DECISIONS:
         raise _invalid("decision", f"must be one of {', '.join(DECISIONS)}")
     if channel not in DecisionChannel.values or channel in (DecisionChannel.EXPIRY, DecisionChannel.POLICY):
         raise _invalid("channel", f"{channel!r} is not a channel a person decides through")
     comment = _check_text("comment", comment, required=False, limit=10_000)
-    request = ApprovalRequest.objects.filter(call_id=call_id).first()
+    remember = remember_clean(remember)
+    if remember is not None and decision != "APPROVE":
+        raise _invalid("remember", f"is only for APPROVE (the same arguments again), not {decision}")
+    request = ApprovalRequest.objects.select_for_update().filter(call_id=call_id).first()
     if request is None:
         raise ApplicationError(f"no approval request has call_id {call_id!r}", code="not_found", status=404)
     if decision == "EDIT":
@@ -283,39 +385,111 @@ def approval_decide(
     elif modified_args is not None:
         raise _invalid("modified_args", f"is only for EDIT, not {decision}")
 
-    now = timezone.now()
+    now = now or timezone.now()
+    _check_open(request, call_id, now)
+    _check_eligible(request, user, decision)
     username = user.get_username()
-    won = ApprovalRequest.objects.filter(
-        pk=request.pk, status=ApprovalStatus.PENDING, expires_at__gt=now
-    ).update(
-        status=DECISIONS[decision],
-        modified_args=modified_args,
-        decided_by=user,
-        decided_by_username=username,
-        decided_at=now,
-        channel=channel,
-        comment=comment,
-    )
-    if not won:
-        request.refresh_from_db()
-        if request.status == ApprovalStatus.PENDING:
+    approvals = list(request.approvals or [])
+    if decision != "REJECT":
+        if any(a.get("user") == username for a in approvals):
             raise ApplicationError(
-                f"approval request {call_id!r} expired at {request.expires_at.isoformat()}",
-                code="expired",
+                f"you approved {call_id!r} already; it needs another operator's approval",
+                code="already_approved",
                 status=409,
             )
+        approvals.append({"user": username, "decided_at": now.isoformat()})
+        missing = request.approvals_required - len(approvals)
+        if remember is not None and request.approvals_required != 1:
+            raise _invalid("remember", "is only for requests one approval decides")
+        if remember is not None and not request.args_sha256:
+            raise _invalid("remember", "these arguments have no RFC 8785 form (an integer beyond 2**53)")
+        if missing > 0:
+            if decision == "EDIT":
+                raise ApplicationError(
+                    f"{call_id!r} needs {missing} more approval(s) before an edit can decide it; "
+                    "approve it, or reject it",
+                    code="more_approvals_needed",
+                    status=409,
+                )
+            request.approvals = approvals
+            request.save(update_fields=["approvals"])
+            _publish_partial(request, username, comment)
+            return request
+    request.status = DECISIONS[decision]
+    request.approvals = approvals
+    request.modified_args = modified_args
+    request.decided_by = user
+    request.decided_by_username = username
+    request.decided_at = now
+    request.channel = channel
+    request.comment = comment
+    request.save(
+        update_fields=[
+            "status",
+            "approvals",
+            "modified_args",
+            "decided_by",
+            "decided_by_username",
+            "decided_at",
+            "channel",
+            "comment",
+        ]
+    )
+    events_record(events=[_decision_event(request, decision)])
+    if remember is not None:
+        standing_create(
+            scope=remember["scope"],
+            ttl_s=remember["ttl_s"],
+            tool_name=request.tool_name,
+            digest=request.args_sha256,
+            session_id=request.session_id,
+            agent=request.agent,
+            requested_by_id=request.requested_by_id,
+            source_call_id=request.call_id,
+            user=user,
+            now=now,
+        )
+    return request
+
+
+def _check_open(request: ApprovalRequest, call_id: str, now: datetime) -> None:
+    if request.status != ApprovalStatus.PENDING:
         raise ApplicationError(
             f"approval request {call_id!r} is already {request.status}"
             + (f" (by {request.decided_by_username})" if request.decided_by_username else ""),
             code="already_decided",
             status=409,
         )
-    request.refresh_from_db()
-    _publish_decision(request, decision)
-    return request
+    if request.expires_at <= now:
+        raise ApplicationError(
+            f"approval request {call_id!r} expired at {request.expires_at.isoformat()}",
+            code="expired",
+            status=409,
+        )
 
 
-def _publish_decision(request: ApprovalRequest, decision: str, *, expired: bool = False) -> None:
+def _publish_partial(request: ApprovalRequest, username: str, comment: str) -> None:
+    event = BaseEvent(
+        APPROVAL_RECORDED,
+        EventCategory.HITL,
+        session_id=request.session_id,
+        correlation_id=request.correlation_id,
+        data={
+            "call_id": request.call_id,
+            "tool_name": request.tool_name,
+            "approved_by": username,
+            "approvals": request.approvals,
+            "approvals_required": request.approvals_required,
+            "rule": request.rule or None,
+            "comment": comment or None,
+        },
+        source="hitl",
+    )
+    event.actor = username
+    events_record(events=[event])
+
+
+def _decision_event(request: ApprovalRequest, decision: str, *, expired: bool = False) -> BaseEvent:
     event = HITLDecisionMadeEvent(
         session_id=request.session_id,
         correlation_id=request.correlation_id,
@@ -327,10 +501,61 @@ def _publish_decision(request: ApprovalRequest, decision: str, *, expired: bool 
         decided_by=request.decided_by_username or None,
         comment=request.comment or None,
         source="hitl",
-        data={"channel": request.channel, "status": request.status, "expired": expired},
+        data={
+            "channel": request.channel,
+            "status": request.status,
+            "expired": expired,
+            "rule": request.rule or None,
+            "approvals": request.approvals or [],
+        },
     )
     event.actor = request.decided_by_username or None
-    events_record(events=[event])
+    return event
+
+
+def _publish_decision(request: ApprovalRequest, decision: str, *, expired: bool = False) -> None:
+    events_record(events=[_decision_event(request, decision, expired=expired)])
+
+
+# Escalate
+
+
+def approval_escalate(*, now: datetime | None = None, limit: int = 500) -> int:
+    """Hand pending requests whose escalation time has come to their `escalate_to_group`: each gets
+    `escalated_at` and a `tool_approval_escalated` event (audited) in one transaction. Returns how many."""
+    now = now or timezone.now()
+    due = ApprovalRequest.objects.filter(
+        status=ApprovalStatus.PENDING, escalate_at__lte=now, escalated_at__isnull=True, expires_at__gt=now
+    )
+    escalated = 0
+    for pk in list(due.order_by("escalate_at").values_list("pk", flat=True)[:limit]):
+        with transaction.atomic():
+            won = ApprovalRequest.objects.filter(
+                pk=pk, status=ApprovalStatus.PENDING, escalated_at__isnull=True
+            ).update(escalated_at=now)
+            if not won:
+                continue
+            request = ApprovalRequest.objects.get(pk=pk)
+            event = BaseEvent(
+                ESCALATED,
+                EventCategory.HITL,
+                session_id=request.session_id,
+                correlation_id=request.correlation_id,
+                data={
+                    "call_id": request.call_id,
+                    "tool_name": request.tool_name,
+                    "escalate_to_group": request.escalate_to_group,
+                    "approver_group": request.approver_group,
+                    "rule": request.rule or None,
+                    "escalated_at": now.isoformat(),
+                },
+                source="hitl",
+            )
+            events_record(events=[event])
+            escalated += 1
+    if escalated:
+        logger.info("escalated %d approval requests", escalated)
+    return escalated
 
 
 # Expire and cancel
@@ -577,14 +802,17 @@ async def await_decision(call_id: str, timeout: float | None = None) -> Decision
 
 
 async def sweep_expired_forever() -> None:
-    """The server's sweeper: expire overdue requests every HITL_SWEEP_INTERVAL_S seconds."""
+    """The server's sweeper: every HITL_SWEEP_INTERVAL_S seconds, expire overdue requests and escalate
+    due ones."""
     from channels.db import database_sync_to_async
 
     interval = hitl_settings().sweep_interval_s
     expire = database_sync_to_async(approval_expire, thread_sensitive=False)
+    escalate = database_sync_to_async(approval_escalate, thread_sensitive=False)
     while True:
         try:
             await expire()
+            await escalate()
         except asyncio.CancelledError:
             raise
         except Exception:

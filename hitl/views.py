@@ -29,6 +29,7 @@ from events.views import forbidden
 
 from .inputs import decision_input
 from .models import DecisionChannel
+from .policies import standing_active, standing_revoke
 from .selectors import VIEW_PERMISSION, approval_as_dict, pending_approvals
 from .services import approval_decide, user_may_decide
 
@@ -69,11 +70,23 @@ def card_context(approval: dict[str, Any], now: datetime) -> dict[str, Any]:
     urgency = "urgent" if left <= URGENT_S else "soon" if left <= SOON_S else ""
     return {
         **approval,
+        "approvals_text": approvals_text(approval),
         "arguments_pretty": pretty_arguments(approval["arguments"]),
         "age": short_duration(age),
         "time_left": short_duration(left) if left > 0 else "expiring…",
         "urgency": urgency,
     }
+
+
+def approvals_text(approval: dict[str, Any]) -> str:
+    """How far a quorum is, as the card says it: "1 of 2: alice" (the page's JS writes the same)."""
+    names = ", ".join(a["user"] for a in approval.get("approvals") or [])
+    text = f"{len(approval.get('approvals') or [])} of {approval.get('approvals_required', 1)}"
+    if names:
+        text += f": {names}"
+    if approval.get("approver_group"):
+        text += f" (group {approval['approver_group']})"
+    return text
 
 
 def page_links() -> dict[str, str]:
@@ -109,6 +122,7 @@ def approvals_page(request: HttpRequest) -> HttpResponse:
         "config": config,
         "links": links,
         "may_decide": config["may_decide"],
+        "standing": standing_active(),
         "nav": "approvals",
     }
     return TemplateResponse(request, "hitl/approvals.html", context)
@@ -152,6 +166,14 @@ def _form_body(request: HttpRequest) -> dict[str, Any]:
         check_form_encoding(request.body)
     decision = request.POST.get("decision", "")
     payload: dict[str, Any] = {"decision": decision, "comment": request.POST.get("comment", "")}
+    remember_scope = request.POST.get("remember_scope", "")
+    if remember_scope:
+        ttl = request.POST.get("remember_ttl_s", "")
+        try:
+            ttl_s: Any = float(ttl)
+        except ValueError:
+            raise invalid("remember.ttl_s", f"must be a number of seconds, not {ttl!r}") from None
+        payload["remember"] = {"scope": remember_scope, "ttl_s": ttl_s}
     if decision == "EDIT":
         text = request.POST.get("modified_args", "")
         if not text.strip():
@@ -170,6 +192,7 @@ def _decide(request: HttpRequest, call_id: str, payload: dict[str, Any]) -> dict
         modified_args=modified_args,
         comment=comment,
         channel=DecisionChannel.PAGE,
+        remember=decided["remember"],
     )
     return approval_as_dict(approval)
 
@@ -195,3 +218,20 @@ def decide(request: HttpRequest, call_id: str) -> HttpResponse:
         messages.success(request, f"{approval['tool_name']} ({call_id}): {approval['status']}.")
         return HttpResponseRedirect(page)
     return JsonResponse({"request": approval})
+
+
+@require_POST
+def revoke_standing(request: HttpRequest, standing_id: int) -> HttpResponse:
+    """Revoke a standing approval from the page (a form post and a redirect back)."""
+    page = reverse("hitl:approvals")
+    if not request.user.is_authenticated:
+        return redirect_to_login(page)
+    try:
+        standing = standing_revoke(standing_id=standing_id, user=request.user)
+    except ApplicationError as error:
+        if error.status == 403:
+            return forbidden(request, page="Revoking a standing approval", role="operator")
+        messages.error(request, error.message)
+        return HttpResponseRedirect(page)
+    messages.success(request, f"Standing approval {standing.pk} ({standing.tool_name}) revoked.")
+    return HttpResponseRedirect(page)

@@ -241,7 +241,13 @@ def last_position() -> int:
 
 def database_figures() -> dict[str, Any]:
     """What /metrics reads from the database, in one worker-thread call."""
-    return {"events_stored": last_position(), "approvals": approvals_by_status()}
+    from hitl.selectors import decisions_by_rule
+
+    return {
+        "events_stored": last_position(),
+        "approvals": approvals_by_status(),
+        "decisions_by_rule": decisions_by_rule(),
+    }
 
 
 # The families
@@ -385,6 +391,18 @@ def approval_family(counts: dict[str, int]) -> Family:
     return family
 
 
+def decisions_by_rule_family(counts: dict[tuple[str, str], int]) -> Family:
+    """Decided approval requests by the rule that decided or routed them, and their status."""
+    family = Family(
+        f"{PREFIX}_approval_decisions_total",
+        "counter",
+        "Decided approval requests by rule (name; standing; none) and status.",
+    )
+    for (rule, status), count in sorted(counts.items()):
+        family.add(count, rule=rule, status=status)
+    return family
+
+
 def exposition(figures: dict[str, Any]) -> str:
     """The whole /metrics body, from the database figures and this process's counters."""
     stats = dict(event_bus.get_stats())
@@ -394,6 +412,7 @@ def exposition(figures: dict[str, Any]) -> str:
         *live_families(live_feed.get_stats()),
         *store_families(event_store.get_stats(), figures["events_stored"]),
         approval_family(figures["approvals"]),
+        decisions_by_rule_family(figures.get("decisions_by_rule", {})),
         request_latencies.family(),
     ]
     return render(families)

@@ -338,6 +338,13 @@ def test_api_create_is_idempotent_and_validates(people):
         "decided_at",
         "expires_at",
         "on_expire",
+        "approvals_required",
+        "approvals",
+        "rule",
+        "args_sha256",
+        "approver_group",
+        "escalate_to_group",
+        "escalated_at",
     }
     assert (
         payload["status"] == "pending"

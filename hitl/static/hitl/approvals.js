@@ -112,11 +112,27 @@
       trace.textContent = approval.correlation_id;
       trace.href = config.links.trace + encodeURIComponent(approval.correlation_id);
     }
+    field(card, "rule-row").hidden = !approval.rule;
+    find(card, "rule").textContent = approval.rule || "";
+    const quorum = (approval.approvals_required || 1) > 1 || !!approval.approver_group;
+    field(card, "approvals-row").hidden = !quorum;
+    find(card, "approvals").textContent = approvalsText(approval);
+    field(card, "escalated-row").hidden = !approval.escalated_at;
+    find(card, "escalated").textContent = "escalated to " + (approval.escalate_to_group || "");
     card.querySelector("form.actions").action = config.links.decide.replace(
       "__call_id__",
       encodeURIComponent(approval.call_id)
     );
     for (const button of card.querySelectorAll("form.actions button")) button.disabled = !config.may_decide;
+  }
+
+  // "1 of 2: alice" (hitl.views.approvals_text says the same at first paint).
+  function approvalsText(approval) {
+    const given = approval.approvals || [];
+    let text = given.length + " of " + (approval.approvals_required || 1);
+    if (given.length) text += ": " + given.map((a) => a.user).join(", ");
+    if (approval.approver_group) text += " (group " + approval.approver_group + ")";
+    return text;
   }
 
   function newCard(approval) {
@@ -545,7 +561,7 @@
 
   const VERBS = { APPROVE: "approved", EDIT: "approved with edits", REJECT: "rejected" };
 
-  async function send(entry, decision, modifiedArgs, comment) {
+  async function send(entry, decision, modifiedArgs, comment, remember) {
     if (entry.state !== "open") return;
     const callId = entry.data.call_id;
     setBusy(entry, true);
@@ -561,7 +577,12 @@
           Accept: "application/json",
           "X-CSRFToken": csrfToken,
         },
-        body: JSON.stringify({ decision: decision, modified_args: modifiedArgs, comment: comment }),
+        body: JSON.stringify(
+          Object.assign(
+            { decision: decision, modified_args: modifiedArgs, comment: comment },
+            remember ? { remember: remember } : {}
+          )
+        ),
       });
     } catch (error) {
       setBusy(entry, false);
@@ -576,6 +597,14 @@
     const detail = body && body.detail ? body.detail : "";
     if (response.ok) {
       const approval = (body && body.request) || entry.data;
+      if (approval.status === "pending") {
+        // One approval of several: the card stays until the others approve.
+        entry.data = approval;
+        fill(entry.card, approval);
+        setBusy(entry, false);
+        notify("Your approval of " + approval.tool_name + " is recorded: " + approvalsText(approval) + ".", "success");
+        return;
+      }
       notify("You " + VERBS[decision] + " " + approval.tool_name + " (" + callId + ").", "success");
       remove(callId);
       return;
@@ -618,7 +647,11 @@
   queue.addEventListener("submit", (event) => {
     event.preventDefault(); // the form is the no-JavaScript fallback
     const entry = entryOf(event.target);
-    if (entry) send(entry, "APPROVE", null, "");
+    if (!entry) return;
+    const scope = event.target.querySelector("[name=remember_scope]");
+    const ttl = event.target.querySelector("[name=remember_ttl_s]");
+    const remember = scope && scope.value ? { scope: scope.value, ttl_s: Number(ttl.value) } : null;
+    send(entry, "APPROVE", null, "", remember);
   });
 
   queue.addEventListener("click", (event) => {
@@ -701,6 +734,21 @@
     schedulePoll(POLL_EVERY_MS);
   }
 
+  // The server's warning that a request is about to expire: its card (shown, or added) pulses.
+  function expiring(approval) {
+    if (leftPending(approval)) return;
+    add(approval);
+    const entry = entries.get(approval.call_id);
+    if (!entry || entry.state !== "open") return;
+    entry.card.classList.add("expiring");
+    if (typeof entry.card.animate === "function" && !window.matchMedia("(prefers-reduced-motion: reduce)").matches) {
+      entry.card.animate(
+        [{ boxShadow: "0 0 0 0 rgba(220, 38, 38, 0.7)" }, { boxShadow: "0 0 0 10px rgba(220, 38, 38, 0)" }],
+        { duration: 900, iterations: 4 }
+      );
+    }
+  }
+
   function schedulePoll(delay) {
     if (pollTimer === null && !socket.live) pollTimer = setTimeout(poll, delay);
   }
@@ -724,6 +772,9 @@
             }
             add(message);
           }
+          break;
+        case "expiring":
+          expiring(message);
           break;
         case "error":
           if (message.code === "not_authenticated" || message.code === "permission_denied") {
