@@ -184,6 +184,7 @@ INSTALLED_APPS = [
     "events",
     "audit",
     "hitl",
+    "notify",
     "ops",
 ]
 
@@ -318,6 +319,30 @@ HITL_TOOL_SCHEMAS: dict[str, Any] = {}
 # The largest `arguments` (and `modified_args`) an approval request takes, in bytes of compact JSON.
 HITL_MAX_ARGUMENTS_BYTES = int(env_number("HITL_MAX_ARGUMENTS_BYTES", 64 * 1024, minimum=2))
 
+# Notifications (notify.conf reads these; docs/notifications.md). Webhooks: https only and never this
+# machine's loopback unless allowed (local tests), retried with backoff for WEBHOOK_RETRY_HOURS, then the
+# endpoint is disabled. HITL_WARN_BEFORE_S: a tool_approval_expiring event that long before a deadline
+# (0: none). NOTIFY_EMAIL_DIGEST_S: 0 sends an e-mail per request, else one digest per person per period.
+# NOTIFY_BASE_URL: where links in e-mails and Slack messages point.
+WEBHOOK_RETRY_HOURS = env_number("WEBHOOK_RETRY_HOURS", 24, minimum=0)
+WEBHOOK_TIMEOUT_S = env_number("WEBHOOK_TIMEOUT_S", 10, minimum=0.01)
+WEBHOOK_ALLOW_HTTP = env_bool("WEBHOOK_ALLOW_HTTP", False)
+WEBHOOK_ALLOW_LOOPBACK = env_bool("WEBHOOK_ALLOW_LOOPBACK", False)
+HITL_WARN_BEFORE_S = env_number("HITL_WARN_BEFORE_S", 60, minimum=0)
+NOTIFY_EMAIL_DIGEST_S = env_number("NOTIFY_EMAIL_DIGEST_S", 0, minimum=0)
+NOTIFY_BASE_URL = os.environ.get("NOTIFY_BASE_URL", "").strip() or "http://127.0.0.1:8000"
+SLACK_BOT_TOKEN = os.environ.get("SLACK_BOT_TOKEN", "").strip()
+SLACK_SIGNING_SECRET = os.environ.get("SLACK_SIGNING_SECRET", "").strip()
+SLACK_CHANNEL = os.environ.get("SLACK_CHANNEL", "").strip()
+SLACK_API_URL = os.environ.get("SLACK_API_URL", "").strip() or "https://slack.com/api/"
+# Django's e-mail framework (the SMTP backend by default).
+EMAIL_HOST = os.environ.get("EMAIL_HOST", "").strip() or "localhost"
+EMAIL_PORT = int(env_number("EMAIL_PORT", 25, minimum=1))
+EMAIL_HOST_USER = os.environ.get("EMAIL_HOST_USER", "").strip()
+EMAIL_HOST_PASSWORD = os.environ.get("EMAIL_HOST_PASSWORD", "").strip()
+EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", False)
+DEFAULT_FROM_EMAIL = os.environ.get("DEFAULT_FROM_EMAIL", "").strip() or "eventbus@localhost"
+
 # Evidence (audit.signing, docs/auditors.md): the Ed25519 key (PEM, `manage.py audit_keygen PATH`) that
 # signs the chain's head after each commit and purge permits (none: nothing is signed); the file outside
 # the database each signed head is appended to (one JSON line each); how many days purges must keep.
@@ -412,5 +437,6 @@ LOGGING = {
         "events": {"level": os.environ.get("EVENTS_LOG_LEVEL", "INFO")},
         "audit": {"level": "INFO"},
         "hitl": {"level": "INFO"},
+        "notify": {"level": "INFO"},
     },
 }
