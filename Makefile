@@ -47,8 +47,10 @@ demo: $(STAMP)
 	echo "  admin      http://$(HOST):$(PORT)/admin/  (traces: Stored events -> an event -> trace)"; \
 	$(PY) manage.py simulate_agents $(SIMULATE)
 
+# Two workers (pytest-xdist), a test file each at a time: the machines here have two cores.
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from django.core.validators import RegexValidator
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from core.errors import ApplicationError, error_body
@@ -107,6 +108,17 @@ class ApprovalRequestIn(serializers.Serializer):
     correlation_id = StrictCharField(max_length=255, required=False, allow_null=True, default=None)
 
 
+@extend_schema_field(
+    {
+        "type": "object",
+        "nullable": True,
+        "properties": {
+            "scope": {"type": "string", "enum": ["session", "agent"]},
+            "ttl_s": {"type": "integer", "minimum": 1},
+        },
+        "required": ["scope", "ttl_s"],
+    }
+)
 class RememberField(serializers.Field):
     """`remember`: checked by hitl.policies.remember_clean (400 naming remember.scope / remember.ttl_s)."""
 

@@ -28,7 +28,7 @@ from typing import Any
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.conf import settings
-from django.db.models import Count, Max
+from django.db.models import Max
 from django.http import HttpRequest, HttpResponseBase
 
 from events.event_bus import event_bus
@@ -214,14 +214,14 @@ class RequestLatencyMiddleware:
 # Reads (synchronous: the views run them in a worker thread)
 
 
-def approvals_by_status() -> dict[str, int]:
+def approvals_by_status(rows: list[tuple[str, str, int]] | None = None) -> dict[str, int]:
     """How many approval requests have each status, every status present (0 when none)."""
-    from hitl.models import ApprovalRequest, ApprovalStatus
+    from hitl.models import ApprovalStatus
+    from hitl.selectors import approval_counts
 
     counts = dict.fromkeys(ApprovalStatus.values, 0)
-    rows = ApprovalRequest.objects.order_by().values_list("status").annotate(n=Count("*"))
-    for status, count in rows:
-        counts[status] = count
+    for _, status, count in approval_counts() if rows is None else rows:
+        counts[status] = counts.get(status, 0) + count
     return counts
 
 
@@ -241,12 +241,14 @@ def last_position() -> int:
 
 def database_figures() -> dict[str, Any]:
     """What /metrics reads from the database, in one worker-thread call."""
-    from hitl.selectors import decisions_by_rule
+    from hitl.selectors import approval_counts, decisions_by_rule
 
+    events_stored = last_position()
+    rows = approval_counts()  # one query for both families
     return {
-        "events_stored": last_position(),
-        "approvals": approvals_by_status(),
-        "decisions_by_rule": decisions_by_rule(),
+        "events_stored": events_stored,
+        "approvals": approvals_by_status(rows),
+        "decisions_by_rule": decisions_by_rule(rows),
     }
 
 
