@@ -301,6 +301,8 @@ API_TOKEN_CACHE_S = env_number("API_TOKEN_CACHE_S", 5, minimum=0)
 JSON_MAX_DEPTH = int(env_number("JSON_MAX_DEPTH", 64, minimum=2))
 
 # POST /api/events/ refuses bodies larger than this (413) before reading them; events.conf reads it.
+# How long POST /api/events/ (and OTLP) waits for the commit before answering 503 store_unavailable.
+EVENTS_COMMIT_WAIT_S = env_number("EVENTS_COMMIT_WAIT_S", 2.0, minimum=0.1)
 EVENTS_MAX_BODY_BYTES = int(env_number("EVENTS_MAX_BODY_BYTES", 8 * 1024 * 1024, minimum=1))
 
 # Human approval (hitl.conf reads these): how long a request waits by default and at most, how often

@@ -34,7 +34,18 @@ async def events_publish(*, events: list[BaseEvent], actor: str | None) -> list[
     # Already validated and on its way: a client that hangs up must not stop a list half-published.
     publishing.add_done_callback(_consume_outcome)
     try:
-        results = await asyncio.shield(publishing)
+        # Answered within EVENTS_COMMIT_WAIT_S whatever the database does: a client kept waiting longer
+        # (an outage, a database that hangs) gets a 503 to send the same events again; they stay on their
+        # way and are stored once (idempotent on event_id).
+        results = await asyncio.wait_for(asyncio.shield(publishing), _commit_wait_s())
+    except TimeoutError as error:
+        raise ApplicationError(
+            "The event store did not commit the events in time; send the same events again (it is "
+            "idempotent on event_id).",
+            code="store_unavailable",
+            status=503,
+            headers={"Retry-After": "1"},
+        ) from error
     except EventRefused as error:
         # The database refused an event itself: none of the request's events is stored, and sending
         # the same body again would fail the same way.
@@ -63,6 +74,12 @@ async def events_publish(*, events: list[BaseEvent], actor: str | None) -> list[
             found.get(e.event_id) if p is None else p for e, p in zip(events, positions, strict=True)
         ]
     return positions
+
+
+def _commit_wait_s() -> float:
+    from django.conf import settings
+
+    return float(getattr(settings, "EVENTS_COMMIT_WAIT_S", 2.0))
 
 
 def _consume_outcome(task: asyncio.Future[Any]) -> None:

@@ -232,9 +232,6 @@ class StoreWriter:
             wait_also(committed)
             self._urgent = True
             self._waited_in_buffer += 1
-            if self._unavailable is not None:
-                # The database is away: kept for later, but the publisher is not kept waiting for it.
-                committed.set_exception(EventStoreError(self._unavailable))
         group = event.__dict__.get("_store_group")
         if group is not None:
             group.arrived += 1
