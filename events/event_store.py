@@ -47,9 +47,6 @@ __all__ = [
     "store_together",
 ]
 
-# The name events.consumers imports.
-_row_to_event = row_to_event
-
 
 class EventStore(StoreWriter):
     """The store's writer, with its readers' methods: persists every event published on the bus, and

@@ -237,3 +237,13 @@ def test_split_verification_in_a_fresh_interpreter_without_django(tmp_path):
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["400", "1"]
+
+
+def test_an_empty_export_verifies_as_no_rows_unless_more_is_asked_for(tmp_path):
+    from eventbus_client import ExportVerificationError, verify_export
+
+    empty = tmp_path / "empty.ndjson"
+    empty.write_text("")
+    assert verify_export(empty, None).rows == 0
+    with pytest.raises(ExportVerificationError):
+        verify_export(empty, None, whole_trail=True)
