@@ -21,6 +21,7 @@ from hitl.api import (
     ApprovalRulesEvaluateView,
     ApprovalRulesView,
 )
+from notify.views import preferences_page, slack_interactions
 from ops.api import MetricsView, PrometheusView, StatsView
 from ops.health import healthz
 
@@ -29,6 +30,8 @@ urlpatterns = [
     path("metrics", PrometheusView.as_view(), name="prometheus-metrics"),
     path("admin/", admin.site.urls),
     # The pages for people: the approval queue and the live event feed (server-rendered, live over /ws/).
+    # The operator's notification settings, linked from the approval page (served by notify, above hitl).
+    path("hitl/notifications/", preferences_page, name="notify-preferences"),
     path("hitl/", include("hitl.urls")),
     path("events/", include("events.urls_pages")),
     path("api/events/", EventsView.as_view(), name="events"),
@@ -49,6 +52,8 @@ urlpatterns = [
     path("api/hitl/rules/", ApprovalRulesView.as_view(), name="hitl-rules"),
     path("api/hitl/rules/evaluate/", ApprovalRulesEvaluateView.as_view(), name="hitl-rules-evaluate"),
     path("api/hitl/rules/<int:rule_id>/", ApprovalRuleDetailView.as_view(), name="hitl-rule"),
+    # Slack's interactivity request URL: buttons and modals, signed by Slack (notify.views).
+    path("integrations/slack/interactions/", slack_interactions, name="slack-interactions"),
     path("api/schema/", SpectacularAPIView.as_view(permission_classes=[AllowAny]), name="schema"),
     path(
         "api/docs/",

@@ -452,6 +452,24 @@ def approval_decide(
     return request
 
 
+def approval_decidable_get(
+    *, call_id: str, user: User | AnonymousUser | None, decision: str
+) -> ApprovalRequest:
+    """The pending request `user` may decide with `decision`, or the error approval_decide would give:
+    a form (Slack's Edit and Reject modals) opens only when its submission can succeed. Writes nothing."""
+    if not user_may_decide(user):
+        raise ApplicationError(
+            "only operators may decide approval requests", code="permission_denied", status=403
+        )
+    assert user is not None and user.is_authenticated
+    request = ApprovalRequest.objects.filter(call_id=call_id).first()
+    if request is None:
+        raise ApplicationError(f"no approval request has call_id {call_id!r}", code="not_found", status=404)
+    _check_open(request, call_id, timezone.now())
+    _check_eligible(request, user, decision)
+    return request
+
+
 def _check_open(request: ApprovalRequest, call_id: str, now: datetime) -> None:
     if request.status != ApprovalStatus.PENDING:
         raise ApplicationError(

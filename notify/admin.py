@@ -15,7 +15,7 @@ from django.http import HttpRequest
 
 from core.errors import ApplicationError
 
-from .models import NotificationPreference, WebhookAttempt, WebhookDelivery, WebhookEndpoint
+from .models import NotificationPreference, SlackMessage, WebhookAttempt, WebhookDelivery, WebhookEndpoint
 from .services import webhook_endpoint_check, webhook_endpoint_save, webhook_redeliver
 
 
@@ -200,3 +200,22 @@ class NotificationPreferenceAdmin(admin.ModelAdmin):
             obj.user_id = int(request.user.pk or 0)
         saved = preference_save(user_id=obj.user_id, email=obj.email, slack=obj.slack, tools=obj.tools)
         obj.pk = saved.pk
+
+
+@admin.register(SlackMessage)
+class SlackMessageAdmin(admin.ModelAdmin):
+    """Which Slack message shows which request (read-only: the notifier keeps them)."""
+
+    list_display = ["call_id", "channel", "ts", "posted_at"]
+    search_fields = ["call_id"]
+    list_per_page = 100
+    show_full_result_count = False
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False

@@ -159,3 +159,15 @@ class NotificationPreference(models.Model):
 
     def __str__(self) -> str:
         return f"preferences of {self.user_id}"
+
+
+class SlackMessage(models.Model):
+    """The Slack message of a request (channel id and ts), so later changes update it in place."""
+
+    call_id = models.CharField(max_length=255, unique=True)
+    channel = models.CharField(max_length=100)
+    ts = models.CharField(max_length=50)
+    posted_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return f"{self.call_id} in {self.channel} at {self.ts}"

@@ -44,6 +44,11 @@ LEASE_S = 30.0
 Handler = Callable[[dict[str, Any]], None]
 
 
+class TryAgain(Exception):
+    """The receiver is away (no connection, a 5xx, rate limited): stop here and repeat this event later,
+    instead of passing over it."""
+
+
 # Following the store
 
 
@@ -60,10 +65,13 @@ def notifier_step(*, name: str, event_types: tuple[str, ...], handle: Handler, l
         .order_by("position")
         .values("position", "event_type", "data", "timestamp")[:limit]
     ]
-    for row in rows:
+    for index, row in enumerate(rows):
         if row["event_type"] in event_types:
             try:
                 handle(row)
+            except TryAgain as error:
+                logger.warning("%s notifier: event #%s will be tried again: %s", name, row["position"], error)
+                return index
             except Exception:
                 # Logged and passed: one bad event (a mail server that refused) must not stop the rest.
                 logger.exception("%s notifier: event #%s failed", name, row["position"])
@@ -226,11 +234,13 @@ def email_step() -> int:
 
 
 def notifier_steps() -> list[tuple[str, Callable[[], Any]]]:
-    """The notifiers this server runs: e-mail (Slack is not built yet: docs/notifications.md)."""
-    config = notify_settings()
-    if config.slack_bot_token and config.slack_channel:
-        logger.warning("SLACK_BOT_TOKEN is set, but this version does not post to Slack yet")
-    return [("email", email_step)]
+    """The notifiers this server runs: e-mail, and Slack when SLACK_BOT_TOKEN and SLACK_CHANNEL are set."""
+    from .slack import slack_configured, slack_step
+
+    steps: list[tuple[str, Callable[[], Any]]] = [("email", email_step)]
+    if slack_configured():
+        steps.append(("slack", slack_step))
+    return steps
 
 
 async def notifiers_forever() -> None:
