@@ -18,13 +18,14 @@ class NotifyConfig(AppConfig):
         from .conf import notify_settings
         from .models import WebhookEndpoint
         from .runner import notify_forever
-        from .webhooks import endpoint_cache, outbox_record_events
+        from .webhooks import delivery_signal
 
         notify_settings()  # a bad setting stops the server at start-up, naming itself
-        # The outbox rows commit in the same transaction as the events they carry.
-        event_store.add_batch_hook(outbox_record_events)
-        event_store.add_commit_listener(endpoint_cache.committed)
-        # Only the cache is told here (no business logic): the next batch reloads the endpoints.
+        # The store is the outbox: its commits wake the delivery worker, which queues from it.
+        event_store.add_commit_listener(delivery_signal.committed)
+        # Only the worker is woken here (no business logic): it reads the endpoints again.
         for signal in (post_save, post_delete):
-            signal.connect(endpoint_cache.invalidate, sender=WebhookEndpoint, dispatch_uid=f"notify.{signal}")
+            signal.connect(
+                delivery_signal.invalidate, sender=WebhookEndpoint, dispatch_uid=f"notify.{signal}"
+            )
         run_in_server(notify_forever)

@@ -1,7 +1,8 @@
 """The webhook delivery worker: one task per enabled endpoint, in the server's loop.
 
-Each task holds its endpoint's lease (one process delivers to an endpoint at a time), reads the outbox
-in pages in position order, and sends one event at a time: the next only after the receiver answered
+Each task holds its endpoint's lease (one process delivers to an endpoint at a time), queues the stored
+events after its endpoint's queued position as outbox rows (notify.services.webhook_enqueue), reads the
+outbox in pages in position order, and sends one event at a time: the next only after the receiver answered
 2xx, so the receiver sees them in position order, each at least once (a crash before the outcome is
 recorded sends it again). A failure backs that delivery off (exponential, with jitter) and holds the
 endpoint's later events behind it, until WEBHOOK_RETRY_HOURS have passed, when the endpoint is
@@ -24,8 +25,8 @@ from channels.db import database_sync_to_async
 
 from .conf import notify_settings
 from .selectors import enabled_endpoint_ids, webhook_page
-from .services import Attempt, lease_claim, lease_release, webhook_attempts_record
-from .webhooks import RESPONSE_EXCERPT_BYTES, endpoint_cache, signed_headers, url_refusal
+from .services import Attempt, lease_claim, lease_release, webhook_attempts_record, webhook_enqueue
+from .webhooks import RESPONSE_EXCERPT_BYTES, delivery_signal, signed_headers, url_refusal
 
 logger = logging.getLogger("notify")
 
@@ -67,7 +68,7 @@ class DeliveryWorker:
         """Deliver until cancelled."""
         self._loop = asyncio.get_running_loop()
         self._changed = asyncio.Event()
-        endpoint_cache.on_commit(self.wake)
+        delivery_signal.on_commit(self.wake)
         try:
             while True:
                 try:
@@ -94,7 +95,7 @@ class DeliveryWorker:
                 except TimeoutError:
                     pass
         finally:
-            endpoint_cache.on_commit(None)
+            delivery_signal.on_commit(None)
             for task in self._tasks.values():
                 task.cancel()
             await asyncio.gather(*self._tasks.values(), return_exceptions=True)
@@ -131,6 +132,9 @@ class DeliveryWorker:
                         wake = self._wakes.get(endpoint_id)
                         if wake is not None:
                             wake.clear()  # what commits from now on is in this page or wakes the next
+                        await _off_thread(webhook_enqueue)(
+                            endpoint_id=endpoint_id, limit=config.webhook_page_size
+                        )
                         page = await _off_thread(webhook_page)(
                             endpoint_id=endpoint_id, limit=config.webhook_page_size
                         )

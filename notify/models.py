@@ -34,6 +34,12 @@ class WebhookEndpoint(models.Model):
     secret = models.CharField(max_length=200, default=webhook_secret_generate)
     enabled = models.BooleanField(default=True)
     disabled_reason = models.TextField(blank=True)
+    queued_position = models.BigIntegerField(
+        default=0,
+        editable=False,
+        help_text="The store's events up to this position are in this endpoint's outbox (or were skipped "
+        "while it was disabled).",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -45,10 +51,11 @@ class WebhookEndpoint(models.Model):
 
 
 class WebhookDelivery(models.Model):
-    """One stored event for one endpoint: the outbox row, written in the event's own transaction."""
+    """One stored event for one endpoint: the outbox row, queued by the endpoint's worker from the store
+    (notify.services.webhook_enqueue), and its outcome."""
 
-    # No database constraint: a process whose endpoint cache is a few seconds stale may still write rows
-    # for an endpoint deleted meanwhile, and that must never fail the events' own transaction.
+    # No database constraint: the rows of an endpoint deleted while its worker queues are left behind
+    # harmlessly (the cascade in Django removes the rest).
     endpoint = models.ForeignKey(
         WebhookEndpoint, on_delete=models.CASCADE, related_name="deliveries", db_constraint=False
     )
@@ -64,8 +71,9 @@ class WebhookDelivery(models.Model):
 
     class Meta:
         ordering = ["-position"]
-        # One index only: every index is paid for on the ingest path. The hook inserts a row once per
-        # newly stored event, so (endpoint, position) is unique without a constraint checking it.
+        # One index: the worker queues each stored position once per endpoint (the endpoint's
+        # queued_position moves in the same transaction), so (endpoint, position) is unique without a
+        # constraint checking it.
         indexes = [
             # The worker's page: an endpoint's undelivered rows in position order.
             models.Index(

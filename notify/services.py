@@ -1,4 +1,5 @@
-"""Writes of the notify app: webhook endpoints, the outbox's outcomes, redelivery, leases, warnings."""
+"""Writes of the notify app: webhook endpoints, queuing the outbox from the store, its outcomes,
+redelivery, leases, preferences."""
 
 from __future__ import annotations
 
@@ -8,15 +9,17 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.db import IntegrityError, transaction
-from django.db.models import F, Q
+from django.db import IntegrityError, connection, transaction
+from django.db.models import F, Max, Q
 from django.utils import timezone
 
 from core.errors import ApplicationError
+from events.bulk import bulk_insert, datetime_adapter
+from events.models import StoredEvent
 
 from .conf import notify_settings
 from .models import WebhookAttempt, WebhookDelivery, WebhookEndpoint, WorkerLease, webhook_secret_generate
-from .webhooks import check_event_types, check_secret, check_url, endpoint_cache
+from .webhooks import DELIVERY_COLUMNS, check_event_types, check_secret, check_url, delivery_signal
 
 logger = logging.getLogger("notify")
 
@@ -48,6 +51,10 @@ def webhook_endpoint_save(
     endpoint.url = url
     endpoint.secret = secret
     endpoint.description = description
+    if endpoint.pk is None:
+        # A new endpoint hears of what is stored from now on, not the store's history. One disabled and
+        # enabled again resumes where it stopped: what was stored meanwhile follows, in order.
+        endpoint.queued_position = _store_end()
     if enabled and not endpoint.enabled:
         endpoint.disabled_reason = ""
         # A fresh retry window for what was waiting.
@@ -58,6 +65,57 @@ def webhook_endpoint_save(
     endpoint.enabled = enabled
     endpoint.save()
     return endpoint
+
+
+def _store_end() -> int:
+    return StoredEvent.objects.aggregate(m=Max("position"))["m"] or 0
+
+
+def webhook_enqueue(*, endpoint_id: int, limit: int = 200, backlog: int = 1000) -> int:
+    """Queue the stored events after the endpoint's `queued_position` that it takes, as outbox rows, in
+    position order: about `limit` rows at a time, and nothing while `backlog` rows wait already (a dead
+    receiver's backlog stays in the store, not here). Returns how many rows were queued.
+
+    The store hands out positions in commit order (events.store_writer), so every position up to the
+    store's end is committed and visible: moving `queued_position` there misses nothing. The endpoint's
+    row is locked, so two processes never queue the same position twice. Nothing to queue costs two
+    indexed reads and no transaction (on SQLite a transaction takes the one write lock).
+    """
+    endpoint = WebhookEndpoint.objects.filter(pk=endpoint_id, enabled=True).only("queued_position").first()
+    if endpoint is None or _store_end() <= endpoint.queued_position:
+        return 0
+    waiting = WebhookDelivery.objects.filter(endpoint_id=endpoint_id, delivered_at__isnull=True)
+    if waiting[backlog - 1 : backlog].exists():
+        return 0
+    with transaction.atomic():
+        endpoint = WebhookEndpoint.objects.select_for_update().filter(pk=endpoint_id, enabled=True).first()
+        if endpoint is None:
+            return 0
+        end = _store_end()
+        queued = endpoint.queued_position
+        rows: list[tuple[Any, ...]] = []
+        now = datetime_adapter()(timezone.now())
+        # Windows of `limit` positions (an index range each) until a page's worth is found or the end.
+        while queued < end and len(rows) < limit:
+            upto = min(end, queued + limit)
+            events = StoredEvent.objects.filter(position__gt=queued, position__lte=upto)
+            if endpoint.event_types:
+                events = events.filter(
+                    Q(event_type__in=endpoint.event_types) | Q(event_category__in=endpoint.event_types)
+                )
+            rows.extend(
+                (endpoint_id, position, str(event_id), event_type, now, 0, "")
+                for position, event_id, event_type in events.order_by("position").values_list(
+                    "position", "event_id", "event_type"
+                )
+            )
+            queued = upto
+        if queued == endpoint.queued_position:
+            return 0
+        with connection.cursor() as cursor:
+            bulk_insert(cursor, WebhookDelivery._meta.db_table, DELIVERY_COLUMNS, rows)
+        WebhookEndpoint.objects.filter(pk=endpoint_id).update(queued_position=queued)
+    return len(rows)
 
 
 @transaction.atomic
@@ -76,7 +134,7 @@ def webhook_redeliver(*, delivery_ids: list[int]) -> int:
     count = WebhookDelivery.objects.filter(pk__in=delivery_ids).update(
         delivered_at=None, next_attempt_at=None, first_failed_at=None
     )
-    transaction.on_commit(lambda: endpoint_cache.committed(0))
+    transaction.on_commit(lambda: delivery_signal.committed(0))
     return count
 
 

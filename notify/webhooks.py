@@ -1,12 +1,10 @@
-"""Webhooks: the endpoint rules (https, no loopback, a usable secret), the outbox batch hook, and the
-signed request of one delivery.
+"""Webhooks: the endpoint rules (https, no loopback, a usable secret), the signal that wakes the
+delivery worker, and the signed request of one delivery.
 
-The outbox. `outbox_record_events` is a batch hook of the event store: it runs inside the transaction
-that stores the events (the writer's batches and `events_record` in a caller's transaction alike) and
-inserts one `WebhookDelivery` row per (enabled matching endpoint, stored event), so an event and its
-deliveries commit together or not at all. The endpoints are cached in memory (reloaded after a change
-in this process, and at least every ENDPOINT_CACHE_S for changes made by other processes), so the hook
-costs no query on the ingest path.
+The outbox is the store itself: an event is durable, in its position, when its transaction commits, and
+each endpoint keeps how far it has queued (`WebhookEndpoint.queued_position`). Its worker turns the
+stored events after that position into `WebhookDelivery` rows (notify.services.webhook_enqueue), off
+the ingest path, so storing an event costs nothing more however many endpoints there are.
 """
 
 from __future__ import annotations
@@ -14,25 +12,18 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
-import threading
-import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
-from django.db.backends.utils import CursorWrapper
 from standardwebhooks import Webhook
 
 from core.errors import ApplicationError
-from events.base import BaseEvent
-from events.bulk import bulk_insert, datetime_adapter
 from events.event_types import EventCategory
 
 from .conf import notify_settings
 
-ENDPOINT_CACHE_S = 5.0
 RESPONSE_EXCERPT_BYTES = 1024
 DELIVERY_COLUMNS = (
     "endpoint_id",
@@ -144,80 +135,31 @@ async def url_refusal(url: str) -> str | None:
     return None
 
 
-# The endpoint cache and the outbox hook
+# Waking the worker
 
 
-@dataclass(frozen=True)
-class CachedEndpoint:
-    id: int
-    everything: bool
-    names: frozenset[str]
-
-    def matches(self, event_type: str, event_category: str) -> bool:
-        return self.everything or event_type in self.names or event_category in self.names
-
-
-class EndpointCache:
-    """The enabled endpoints, in memory for the store's hook; wakes the delivery worker after commits."""
+class DeliverySignal:
+    """Wakes the delivery worker after the store commits and after an endpoint changes (thread-safe)."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._endpoints: list[CachedEndpoint] | None = None
-        self._loaded_at = 0.0
         self._wake: Callable[[], None] | None = None
 
     def invalidate(self, *args: Any, **kwargs: Any) -> None:
-        """Forget the endpoints (a signal receiver: an endpoint was saved or deleted)."""
-        with self._lock:
-            self._endpoints = None
+        """An endpoint was saved or deleted (a signal receiver): the worker looks again."""
         if self._wake is not None:
             self._wake()
 
-    def endpoints(self, cursor: CursorWrapper) -> list[CachedEndpoint]:
-        """The enabled endpoints, read with `cursor` (in the caller's transaction) when stale."""
-        endpoints = self._endpoints
-        if endpoints is not None and time.monotonic() - self._loaded_at < ENDPOINT_CACHE_S:
-            return endpoints
-        import json
-
-        cursor.execute("SELECT id, event_types FROM notify_webhookendpoint WHERE enabled ORDER BY id")
-        loaded = []
-        for endpoint_id, raw in cursor.fetchall():
-            names = raw if isinstance(raw, list) else json.loads(raw or "[]")
-            loaded.append(CachedEndpoint(id=endpoint_id, everything=not names, names=frozenset(names)))
-        with self._lock:
-            self._endpoints = loaded
-            self._loaded_at = time.monotonic()
-        return loaded
-
     def on_commit(self, wake: Callable[[], None] | None) -> None:
-        """Call `wake()` (thread-safe) after each commit that stored events, and after endpoint changes."""
+        """Call `wake()` after each commit that stored events, and after endpoint changes."""
         self._wake = wake
 
     def committed(self, last_position: int) -> None:
-        """The store's commit listener: deliveries may be waiting."""
+        """The store's commit listener: there may be events to queue and send."""
         if self._wake is not None:
             self._wake()
 
 
-endpoint_cache = EndpointCache()
-
-
-def outbox_record_events(cursor: CursorWrapper, events: list[BaseEvent]) -> None:
-    """Batch hook of the event store: one outbox row per (enabled matching endpoint, stored event)."""
-    endpoints = endpoint_cache.endpoints(cursor)
-    if not endpoints:
-        return
-    now = datetime_adapter()(datetime.now(UTC))
-    rows = []
-    for event in events:
-        event_type = str(event.event_type)
-        category = str(event.event_category)
-        for endpoint in endpoints:
-            if endpoint.matches(event_type, category):
-                rows.append((endpoint.id, event.position, event.event_id, event_type, now, 0, ""))
-    if rows:
-        bulk_insert(cursor, "notify_webhookdelivery", DELIVERY_COLUMNS, rows)
+delivery_signal = DeliverySignal()
 
 
 # One signed request

@@ -14,7 +14,7 @@ import pytest
 from standardwebhooks import Webhook, WebhookVerificationError
 
 from notify.delivery import DeliveryWorker
-from notify.webhooks import endpoint_cache
+from notify.webhooks import delivery_signal
 
 
 class Receiver:
@@ -109,9 +109,9 @@ def local_webhooks(settings):
     settings.WEBHOOK_RETRY_MAX_DELAY_S = 0.2
     settings.WEBHOOK_POLL_INTERVAL_S = 0.1
     settings.WEBHOOK_TIMEOUT_S = 5
-    endpoint_cache.invalidate()
+    delivery_signal.invalidate()
     yield settings
-    endpoint_cache.invalidate()
+    delivery_signal.invalidate()
 
 
 @pytest.fixture

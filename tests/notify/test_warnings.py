@@ -12,7 +12,7 @@ from events.models import StoredEvent
 from hitl.consumers import LIFECYCLE_EVENTS, message_for
 from hitl.services import approval_decide, approval_request
 from notify.models import ExpiryWarning, WebhookDelivery
-from notify.services import webhook_endpoint_save
+from notify.services import webhook_endpoint_save, webhook_enqueue
 from notify.warnings import approval_warn_expiring
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -76,6 +76,7 @@ def test_webhooks_carry_the_expiring_warning_from_its_own_transaction(settings):
     ask("soon", 30)
     approval_warn_expiring()
     [warning] = warnings_of("soon")
+    webhook_enqueue(endpoint_id=endpoint.pk)
     delivery = WebhookDelivery.objects.get(endpoint=endpoint)
     assert delivery.position == warning.position and delivery.event_type == "tool_approval_expiring"
 

@@ -1,5 +1,5 @@
 """Webhooks: every matching stored event reaches each endpoint signed per Standard Webhooks, in position
-order, at least once, from an outbox written in the events' own transaction; a failing endpoint is
+order, at least once, queued from the store (the outbox) by each endpoint's worker; a failing endpoint is
 retried, then disabled with its reason; attempts are kept; an admin sends again; URLs are checked."""
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from asgiref.sync import sync_to_async
 from django.db import transaction
 from django.test import Client
 from django.urls import reverse
+from django.utils import timezone
 from standardwebhooks import Webhook
 
 from core.errors import ApplicationError
@@ -22,7 +23,7 @@ from events.event_store import event_store
 from events.models import StoredEvent
 from events.services import events_record
 from notify.models import WebhookAttempt, WebhookDelivery, WebhookEndpoint
-from notify.services import lease_claim, webhook_endpoint_save
+from notify.services import lease_claim, webhook_endpoint_disable, webhook_endpoint_save, webhook_enqueue
 
 from .conftest import eventually
 
@@ -79,21 +80,65 @@ async def test_only_endpoints_whose_types_or_categories_match_get_the_event(make
     assert await sync_to_async(WebhookDelivery.objects.filter(endpoint__url=other.url).count)() == 0
 
 
-def test_the_outbox_row_commits_with_the_event_and_a_rollback_leaves_none(receiver, local_webhooks):
-    endpoint_for(receiver)
+def record(events: list[BaseEvent]) -> None:
+    with transaction.atomic():
+        events_record(events=events)
+
+
+def test_the_store_is_the_outbox_committed_events_are_queued_in_order_and_rolled_back_ones_never(
+    receiver, make_receiver, local_webhooks
+):
+    before = BaseEvent("agent_switched", "agent", session_id="s-1", source="test")
+    record([before])  # stored before the endpoint existed: not its history to hear
+    endpoint = endpoint_for(receiver)
+    only_sessions = endpoint_for(make_receiver(), event_types=["session"])
     rolled_back = BaseEvent("agent_switched", "agent", session_id="s-1", source="test")
     with pytest.raises(RuntimeError), transaction.atomic():
         events_record(events=[rolled_back])
-        assert WebhookDelivery.objects.filter(event_id=rolled_back.event_id).count() == 1  # same transaction
         raise RuntimeError("the caller's change failed")
-    assert not StoredEvent.objects.filter(event_id=rolled_back.event_id).exists()
-    assert not WebhookDelivery.objects.filter(event_id=rolled_back.event_id).exists()
-
-    committed = BaseEvent("agent_switched", "agent", session_id="s-1", source="test")
+    committed = [BaseEvent("agent_switched", "agent", session_id="s-1", source="test") for _ in range(250)]
     with transaction.atomic():
-        events_record(events=[committed])
-    row = WebhookDelivery.objects.get(event_id=committed.event_id)
-    assert row.position == committed.position and row.delivered_at is None
+        events_record(events=committed)
+    session = BaseEvent("session_created", "session", session_id="s-1", source="test")
+    record([session])
+
+    assert webhook_enqueue(endpoint_id=endpoint.pk, limit=200) == 200  # a page at a time
+    assert webhook_enqueue(endpoint_id=endpoint.pk, limit=200) == 51
+    assert webhook_enqueue(endpoint_id=endpoint.pk, limit=200) == 0  # each position once
+    rows = list(WebhookDelivery.objects.filter(endpoint=endpoint).order_by("position"))
+    assert [r.event_id for r in rows] == [e.event_id for e in committed] + [session.event_id]
+    assert all(
+        r.delivered_at is None and r.position == e.position for r, e in zip(rows[:-1], committed, strict=True)
+    )
+    assert not WebhookDelivery.objects.filter(event_id__in=[before.event_id, rolled_back.event_id]).exists()
+
+    assert webhook_enqueue(endpoint_id=only_sessions.pk) == 1  # types or categories, in the query
+    assert WebhookDelivery.objects.get(endpoint=only_sessions).event_id == session.event_id
+
+
+def test_a_disabled_endpoint_is_paused_and_resumes_where_it_stopped(receiver, local_webhooks):
+    endpoint = endpoint_for(receiver)
+    webhook_endpoint_disable(endpoint_id=endpoint.pk, reason="test")
+    while_disabled = BaseEvent("agent_switched", "agent", session_id="s-1", source="test")
+    record([while_disabled])
+    assert webhook_enqueue(endpoint_id=endpoint.pk) == 0
+    endpoint.refresh_from_db()
+    webhook_endpoint_save(endpoint=endpoint, url=endpoint.url, secret=endpoint.secret, enabled=True)
+    after = BaseEvent("agent_switched", "agent", session_id="s-1", source="test")
+    record([after])
+    assert webhook_enqueue(endpoint_id=endpoint.pk) == 2
+    queued = WebhookDelivery.objects.filter(endpoint=endpoint).order_by("position")
+    assert [d.event_id for d in queued] == [while_disabled.event_id, after.event_id]
+
+
+def test_a_dead_receivers_backlog_stays_in_the_store(receiver, local_webhooks):
+    endpoint = endpoint_for(receiver)
+    record([BaseEvent("agent_switched", "agent", session_id="s", source="t") for _ in range(30)])
+    assert webhook_enqueue(endpoint_id=endpoint.pk, limit=10, backlog=20) == 10
+    assert webhook_enqueue(endpoint_id=endpoint.pk, limit=10, backlog=20) == 10
+    assert webhook_enqueue(endpoint_id=endpoint.pk, limit=10, backlog=20) == 0  # 20 wait: no more rows
+    WebhookDelivery.objects.filter(endpoint=endpoint).update(delivered_at=timezone.now())
+    assert webhook_enqueue(endpoint_id=endpoint.pk, limit=10, backlog=20) == 10
 
 
 async def test_deliveries_arrive_in_position_order_at_least_once_across_a_receiver_that_fails_a_while(
