@@ -9,6 +9,7 @@ from django.db.models import Case, IntegerField, QuerySet, Value, When
 from core.errors import ApplicationError
 from core.json_input import check_choice, check_text, invalid, shown_value
 from events.base import format_timestamp
+from events.models import StoredEvent
 
 from .models import ApprovalRequest, ApprovalStatus
 from .perms import VIEW_APPROVALS
@@ -156,3 +157,51 @@ def decisions_by_rule(rows: list[tuple[str, str, int]] | None = None) -> dict[tu
         names.add(name)
         counts[name, status] = counts.get((name, status), 0) + n
     return counts
+
+
+HISTORY_LIMIT = 500
+
+
+def approval_history(request: ApprovalRequest) -> list[dict[str, Any]]:
+    """The stored events about `request`, oldest first: read through the session's index (the
+    request's events carry its session), then kept by their `call_id`."""
+    rows = (
+        StoredEvent.objects.filter(session_id=request.session_id, event_category="hitl")
+        .order_by("position")
+        .values("position", "event_type", "timestamp", "data", "actor")[: HISTORY_LIMIT * 4]
+    )
+    history = []
+    for row in rows:
+        data = row["data"] if isinstance(row["data"], dict) else {}
+        if data.get("call_id") != request.call_id:
+            continue
+        history.append(
+            {
+                "position": row["position"],
+                "event_type": row["event_type"],
+                "timestamp": row["timestamp"],
+                "actor": row["actor"] or data.get("decided_by") or data.get("approved_by") or "",
+                "summary": _history_summary(row["event_type"], data),
+            }
+        )
+    return history[:HISTORY_LIMIT]
+
+
+def _history_summary(event_type: str, data: dict[str, Any]) -> str:
+    if event_type == "tool_approval_required":
+        rule = f" (rule {data['rule']})" if data.get("rule") else ""
+        return f"Asked{rule}; {data.get('approvals_required') or 1} approval(s) needed"
+    if event_type == "hitl_approval_recorded":
+        so_far = len(data.get("approvals") or [])
+        return f"Approved by {data.get('approved_by')}: {so_far} of {data.get('approvals_required')}"
+    if event_type == "tool_approval_escalated":
+        return f"Escalated to {data.get('escalate_to_group')}"
+    if event_type == "tool_approval_expiring":
+        return f"Warned: expires at {data.get('expires_at')}"
+    if event_type == "tool_approval_cancelled":
+        return "Withdrawn by the agent"
+    if event_type == "hitl_decision_made":
+        how = "by expiry" if data.get("expired") else f"through {data.get('channel') or 'unknown'}"
+        comment = f": {data['comment']}" if data.get("comment") else ""
+        return f"{str(data.get('decision') or '').capitalize()} ({data.get('status')}) {how}{comment}"
+    return event_type

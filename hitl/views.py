@@ -30,7 +30,13 @@ from events.views import forbidden
 from .inputs import decision_input
 from .models import DecisionChannel
 from .policies import standing_active, standing_revoke
-from .selectors import VIEW_PERMISSION, approval_as_dict, pending_approvals
+from .selectors import (
+    VIEW_PERMISSION,
+    approval_as_dict,
+    approval_history,
+    approval_visible_get,
+    pending_approvals,
+)
 from .services import approval_decide, user_may_decide
 
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
@@ -126,6 +132,48 @@ def approvals_page(request: HttpRequest) -> HttpResponse:
         "nav": "approvals",
     }
     return TemplateResponse(request, "hitl/approvals.html", context)
+
+
+@login_required
+@require_safe
+def request_page(request: HttpRequest, call_id: str) -> HttpResponse:
+    """One request, shareable: its state, its controls while it waits (live, as on the queue), and its
+    history (every stored event about it: asked, seen by a rule, each approval, escalation, warning,
+    decision). The links in e-mails and Slack messages lead here."""
+    if not request.user.has_perm(VIEW_PERMISSION):
+        return forbidden(request, page="An approval request", role="operator")
+    try:
+        approval = approval_visible_get(user=request.user, call_id=call_id)
+    except ApplicationError:
+        return TemplateResponse(
+            request, "hitl/request_missing.html", {"call_id": call_id, "nav": "approvals"}, status=404
+        )
+    now = timezone.now()
+    data = approval_as_dict(approval)
+    pending = [data] if approval.status == "pending" else []
+    links = page_links()
+    config = {
+        "ws_path": "/ws/hitl/",
+        "server_now": format_timestamp(now),
+        "may_decide": user_may_decide(request.user),
+        "links": links,
+        "soon_s": SOON_S,
+        "urgent_s": URGENT_S,
+        "pending": pending,
+        "only_call_id": approval.call_id,
+    }
+    context = {
+        "approval": data,
+        "cards": [card_context(item, now) for item in pending],
+        "history": approval_history(approval),
+        "config": config,
+        "links": links,
+        "may_decide": config["may_decide"],
+        "nav": "approvals",
+        "arguments_pretty": pretty_arguments(approval.arguments),
+        "modified_pretty": pretty_arguments(approval.modified_args) if approval.modified_args else "",
+    }
+    return TemplateResponse(request, "hitl/request.html", context)
 
 
 # Deciding

@@ -37,6 +37,16 @@
 
   // call_id -> {data, card, state: "open" | "busy" | "closed", closeTimer, laterDecision}
   const entries = new Map();
+  // On one request's page (/hitl/requests/<call_id>/): only that request, and the page is drawn again
+  // once it is decided, so its outcome and history show.
+  const only = typeof config.only_call_id === "string" ? config.only_call_id : null;
+  const mine = (approval) => !only || (approval && approval.call_id === only);
+  let reloading = false;
+  function reloadSoon() {
+    if (!only || reloading) return;
+    reloading = true;
+    setTimeout(() => window.location.reload(), 1500);
+  }
 
   // Formatting
 
@@ -169,6 +179,7 @@
   // A pending request: a new card, or (already shown) the card updated with what the server sent.
   function add(approval) {
     if (!approval || typeof approval.call_id !== "string" || !approval.call_id || leftPending(approval)) return;
+    if (!mine(approval)) return;
     const known = entries.get(approval.call_id);
     if (known) {
       known.data = Object.assign({}, known.data, approval);
@@ -196,6 +207,7 @@
   function remove(callId) {
     const entry = entries.get(callId);
     if (!entry) return;
+    if (only) reloadSoon();
     clearTimeout(entry.closeTimer);
     entry.card.remove();
     entries.delete(callId);
@@ -215,6 +227,7 @@
       if (statusOf(approval) === "pending") add(approval);
       return;
     }
+    if (only && approval.call_id === only) reloadSoon();
     const entry = entries.get(approval.call_id);
     if (!entry) return;
     if (entry.state === "busy") {
@@ -767,7 +780,7 @@
           if (leftPending(message)) {
             decided(message);
           } else if (statusOf(message) === "pending" || message.type === "request") {
-            if (message.type === "request" && typeof message.call_id === "string" && !entries.has(message.call_id)) {
+            if (message.type === "request" && typeof message.call_id === "string" && !entries.has(message.call_id) && mine(message)) {
               notify("New request: " + message.tool_name + (message.agent ? " from " + message.agent : "") + ".");
             }
             add(message);
