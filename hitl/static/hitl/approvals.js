@@ -48,6 +48,96 @@
     setTimeout(() => window.location.reload(), 1500);
   }
 
+  // Alerts (opt-in, remembered by this browser): a desktop notification when the page is not in front,
+  // and a short tone, for a new request and for one about to expire. The tone is made with Web Audio,
+  // so the page loads no sound file.
+  const ALERTS_KEY = "hitl.alerts";
+  const alertsButton = document.querySelector("[data-testid=alerts-toggle]");
+  let audio = null;
+
+  function alertsOn() {
+    try {
+      return window.localStorage.getItem(ALERTS_KEY) === "on";
+    } catch (error) {
+      return false;
+    }
+  }
+
+  function showAlertsState() {
+    if (!alertsButton) return;
+    const on = alertsOn();
+    alertsButton.setAttribute("aria-pressed", on ? "true" : "false");
+    alertsButton.textContent = on ? "Alerts on" : "Alerts off";
+    alertsButton.title = on
+      ? "A sound and a desktop notification for new and expiring requests (click to turn off)"
+      : "Turn on a sound and desktop notifications for new and expiring requests";
+  }
+
+  async function toggleAlerts() {
+    const on = !alertsOn();
+    try {
+      window.localStorage.setItem(ALERTS_KEY, on ? "on" : "off");
+    } catch (error) {
+      // private mode: on for this page only
+    }
+    if (on) {
+      if (window.AudioContext && !audio) audio = new window.AudioContext();
+      if ("Notification" in window && window.Notification.permission === "default") {
+        try {
+          await window.Notification.requestPermission();
+        } catch (error) {
+          // refused or unsupported: the sound still plays
+        }
+      }
+      if ("Notification" in window && window.Notification.permission === "denied") {
+        notify("Desktop notifications are blocked for this site in the browser's settings; the sound still plays.", "warning");
+      }
+    }
+    showAlertsState();
+  }
+
+  function tone(urgent) {
+    if (!window.AudioContext) return;
+    try {
+      audio = audio || new window.AudioContext();
+      const oscillator = audio.createOscillator();
+      const gain = audio.createGain();
+      oscillator.frequency.value = urgent ? 880 : 660;
+      gain.gain.setValueAtTime(0.12, audio.currentTime);
+      gain.gain.exponentialRampToValueAtTime(0.001, audio.currentTime + 0.4);
+      oscillator.connect(gain).connect(audio.destination);
+      oscillator.start();
+      oscillator.stop(audio.currentTime + 0.4);
+    } catch (error) {
+      // no audio device: nothing to play
+    }
+  }
+
+  function alertOf(approval, urgent) {
+    if (!alertsOn() || !approval || !mine(approval)) return;
+    tone(urgent);
+    if (!("Notification" in window) || window.Notification.permission !== "granted" || !document.hidden) return;
+    const title = (urgent ? "Expiring: " : "Approval needed: ") + approval.tool_name;
+    try {
+      const shown = new window.Notification(title, {
+        body: (approval.agent ? approval.agent + ": " : "") + (approval.reason || approval.call_id),
+        tag: "hitl-" + approval.call_id + (urgent ? "-expiring" : ""),
+      });
+      shown.onclick = () => {
+        window.focus();
+        shown.close();
+      };
+    } catch (error) {
+      // some mobile browsers only notify from a service worker: the sound did its part
+    }
+  }
+
+  if (alertsButton) {
+    alertsButton.hidden = false;
+    alertsButton.addEventListener("click", toggleAlerts);
+    showAlertsState();
+  }
+
   // Formatting
 
   function shortDuration(seconds) {
@@ -751,6 +841,7 @@
   function expiring(approval) {
     if (leftPending(approval)) return;
     add(approval);
+    alertOf(approval, true);
     const entry = entries.get(approval.call_id);
     if (!entry || entry.state !== "open") return;
     entry.card.classList.add("expiring");
@@ -782,6 +873,7 @@
           } else if (statusOf(message) === "pending" || message.type === "request") {
             if (message.type === "request" && typeof message.call_id === "string" && !entries.has(message.call_id) && mine(message)) {
               notify("New request: " + message.tool_name + (message.agent ? " from " + message.agent : "") + ".");
+              alertOf(message, false);
             }
             add(message);
           }
