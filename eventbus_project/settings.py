@@ -338,6 +338,14 @@ SLACK_SIGNING_SECRET = os.environ.get("SLACK_SIGNING_SECRET", "").strip()
 SLACK_CHANNEL = os.environ.get("SLACK_CHANNEL", "").strip()
 SLACK_API_URL = os.environ.get("SLACK_API_URL", "").strip() or "https://slack.com/api/"
 # Django's e-mail framework (the SMTP backend by default).
+# The e-mail notifier runs when a mail server is named (EMAIL_HOST or EMAIL_BACKEND), or NOTIFY_EMAIL says
+# so: a server started without one does not try localhost:25 for every request.
+NOTIFY_EMAIL = env_bool(
+    "NOTIFY_EMAIL",
+    bool(os.environ.get("EMAIL_HOST", "").strip() or os.environ.get("EMAIL_BACKEND", "").strip()),
+)
+if os.environ.get("EMAIL_BACKEND", "").strip():
+    EMAIL_BACKEND = os.environ["EMAIL_BACKEND"].strip()
 EMAIL_HOST = os.environ.get("EMAIL_HOST", "").strip() or "localhost"
 EMAIL_PORT = int(env_number("EMAIL_PORT", 25, minimum=1))
 EMAIL_HOST_USER = os.environ.get("EMAIL_HOST_USER", "").strip()

@@ -13,13 +13,16 @@ import asyncio
 import fnmatch
 import logging
 import os
+import smtplib
 import socket
+import time
 import uuid
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
 from channels.db import database_sync_to_async
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.mail import EmailMessage, get_connection
 from django.db import transaction
@@ -41,12 +44,47 @@ OPERATORS = "operators"
 NEW = "tool_approval_required"
 ESCALATED = "tool_approval_escalated"
 LEASE_S = 30.0
+PAUSE_MAX_S = 60.0
 Handler = Callable[[dict[str, Any]], None]
 
 
 class TryAgain(Exception):
     """The receiver is away (no connection, a 5xx, rate limited): stop here and repeat this event later,
     instead of passing over it."""
+
+
+class Pause:
+    """A growing pause after a receiver was away: 1 s, 2 s, 4 s … PAUSE_MAX_S, reset by a success."""
+
+    def __init__(self) -> None:
+        self.until = 0.0
+        self.delay = 0.0
+
+    def active(self) -> bool:
+        return time.monotonic() < self.until
+
+    def failed(self) -> None:
+        self.delay = min(PAUSE_MAX_S, max(1.0, self.delay * 2))
+        self.until = time.monotonic() + self.delay
+
+    def succeeded(self) -> None:
+        self.delay = 0.0
+        self.until = 0.0
+
+    def step(self, name: str, event_types: tuple[str, ...], handle: Handler) -> int:
+        """notifier_step, unless paused; a TryAgain pauses it, a handled event resets the pause."""
+        if self.active():
+            return 0
+
+        def handled(row: dict[str, Any]) -> None:
+            try:
+                handle(row)
+            except TryAgain:
+                self.failed()
+                raise
+            self.succeeded()
+
+        return notifier_step(name=name, event_types=event_types, handle=handled)
 
 
 # Following the store
@@ -142,7 +180,20 @@ def email_handle(row: dict[str, Any]) -> None:
     context = {"request": request, "kind": kind, "url": request_url(request.call_id)}
     body = render_to_string("notify/request_email.txt", context)
     messages = [EmailMessage(_subject(kind, request), body, to=[u.email]) for u in people]
-    get_connection().send_messages(messages)
+    send_mail_or_try_again(messages)
+
+
+def send_mail_or_try_again(messages: list[EmailMessage]) -> None:
+    """Send; a mail server that cannot be reached (or answers 4xx: try later) is TryAgain, so the
+    event is sent later rather than lost; a refusal (5xx, bad address) is an error, logged and passed."""
+    try:
+        get_connection().send_messages(messages)
+    except smtplib.SMTPResponseException as error:
+        if 400 <= error.smtp_code < 500:
+            raise TryAgain(f"the mail server answered {error.smtp_code}") from None
+        raise
+    except (smtplib.SMTPServerDisconnected, smtplib.SMTPConnectError, OSError) as error:
+        raise TryAgain(f"the mail server could not be reached: {error}") from None
 
 
 def email_digest_send(*, now: datetime | None = None) -> int:
@@ -228,16 +279,22 @@ class Follower:
                 pass
 
 
+email_pause = Pause()
+
+
 def email_step() -> int:
-    """The e-mail notifier's step."""
-    return notifier_step(name="email", event_types=(NEW, ESCALATED), handle=email_handle)
+    """The e-mail notifier's step (none while paused after the mail server was away)."""
+    return email_pause.step("email", (NEW, ESCALATED), email_handle)
 
 
 def notifier_steps() -> list[tuple[str, Callable[[], Any]]]:
-    """The notifiers this server runs: e-mail, and Slack when SLACK_BOT_TOKEN and SLACK_CHANNEL are set."""
+    """The notifiers this server runs: e-mail when NOTIFY_EMAIL (a mail server is named), Slack when
+    SLACK_BOT_TOKEN and SLACK_CHANNEL are set."""
     from .slack import slack_configured, slack_step
 
-    steps: list[tuple[str, Callable[[], Any]]] = [("email", email_step)]
+    steps: list[tuple[str, Callable[[], Any]]] = []
+    if getattr(settings, "NOTIFY_EMAIL", True):
+        steps.append(("email", email_step))
     if slack_configured():
         steps.append(("slack", slack_step))
     return steps

@@ -28,7 +28,7 @@ from hitl.models import ApprovalRequest, ApprovalStatus, OnExpire
 
 from .conf import notify_settings
 from .models import SlackMessage
-from .notifiers import ESCALATED, NEW, TryAgain, deciders, notifier_step, request_url
+from .notifiers import ESCALATED, NEW, Pause, TryAgain, deciders, request_url
 
 logger = logging.getLogger("notify")
 
@@ -53,7 +53,6 @@ VALUE_ACTION = "value"
 SECTION_LIMIT = 3000
 HEADER_LIMIT = 150
 INPUT_LIMIT = 3000
-PAUSE_MAX_S = 60.0
 USER_CACHE_S = 300.0
 
 
@@ -444,39 +443,9 @@ def slack_handle(row: dict[str, Any]) -> None:
         )
 
 
-class _Pause:
-    """A growing pause after Slack was away: 1 s, 2 s, 4 s … PAUSE_MAX_S, reset by a success."""
-
-    def __init__(self) -> None:
-        self.until = 0.0
-        self.delay = 0.0
-
-    def active(self) -> bool:
-        return time.monotonic() < self.until
-
-    def failed(self) -> None:
-        self.delay = min(PAUSE_MAX_S, max(1.0, self.delay * 2))
-        self.until = time.monotonic() + self.delay
-
-    def succeeded(self) -> None:
-        self.delay = 0.0
-        self.until = 0.0
-
-
-slack_pause = _Pause()
-
-
-def _handle_or_pause(row: dict[str, Any]) -> None:
-    try:
-        slack_handle(row)
-    except TryAgain:
-        slack_pause.failed()
-        raise
-    slack_pause.succeeded()
+slack_pause = Pause()
 
 
 def slack_step() -> int:
     """The Slack notifier's step (none while paused after Slack was away)."""
-    if slack_pause.active():
-        return 0
-    return notifier_step(name="slack", event_types=EVENT_TYPES, handle=_handle_or_pause)
+    return slack_pause.step("slack", EVENT_TYPES, slack_handle)

@@ -15,7 +15,7 @@ from django.utils import timezone
 
 from hitl.models import ApprovalRequest
 from hitl.services import approval_escalate, approval_request
-from notify.notifiers import email_digest_send, email_step
+from notify.notifiers import email_digest_send, email_pause, email_step
 from notify.services import preference_save
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -49,8 +49,10 @@ def inbox(settings):
     settings.EMAIL_PORT = port
     settings.NOTIFY_BASE_URL = "https://approvals.example.com"
     settings.NOTIFY_EMAIL_DIGEST_S = 0
+    email_pause.succeeded()
     yield handler
     controller.stop()
+    email_pause.succeeded()
 
 
 @pytest.fixture
@@ -129,3 +131,18 @@ def test_preferences_choose_the_channel_and_the_tools(inbox, people):
     ask("call-2", tool_name="read_file")
     email_step()
     assert [(m[0], "read_file" in m[1]) for m in inbox.messages] == [(["bob@example.com"], True)]
+
+
+def test_a_mail_server_away_holds_the_message_until_it_is_back(inbox, people, settings):
+    port = settings.EMAIL_PORT
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        settings.EMAIL_PORT = probe.getsockname()[1]  # nothing listens there
+    ask()
+    assert email_step() == 0  # tried, and stopped at that event
+    assert inbox.messages == []
+    settings.EMAIL_PORT = port
+    assert email_step() == 0  # paused a moment after the failure
+    email_pause.succeeded()
+    email_step()
+    assert len(inbox.to("alice@example.com")) == 1  # sent once, not lost

@@ -225,10 +225,13 @@ def test_a_call_slack_refuses_is_logged_and_passed_over(people, slack, settings,
     assert SlackMessage.objects.filter(call_id="call-2").exists()
 
 
-def test_the_server_runs_the_slack_notifier_only_when_configured(settings, slack):
+def test_the_server_runs_each_notifier_only_when_configured(settings, slack):
+    settings.NOTIFY_EMAIL = True
     assert [name for name, _ in notifier_steps()] == ["email", "slack"]
     settings.SLACK_BOT_TOKEN = ""
     assert [name for name, _ in notifier_steps()] == ["email"]
+    settings.NOTIFY_EMAIL = False  # no mail server named: localhost:25 is not tried for every request
+    assert notifier_steps() == []
 
 
 # Deciding from Slack
