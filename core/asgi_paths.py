@@ -1,6 +1,7 @@
 """What the small ASGI paths beside Django's request cycle share (the agents' long-poll, single-event
-ingest): the Bearer token of a request, a JSON answer, the project's error bodies, and the request
-observers (the Prometheus latency histogram sees these requests too).
+ingest, requests for approval): the Bearer token of a request, whether Django would redirect it to
+HTTPS or refuse its Host, a JSON answer, the project's error bodies, and the request observers (the
+Prometheus latency histogram sees these requests too).
 
 Why such paths exist: under ASGI, Django gives each request a thread-sensitive context, and its sync
 middleware hop to a thread per request; an agent that posts one event per step, or waits on a decision,
@@ -14,6 +15,8 @@ import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+from django.conf import settings
+from django.http.request import split_domain_port, validate_host
 from rest_framework import exceptions
 
 from .errors import ApplicationError, PayloadTooLarge, error_body
@@ -46,6 +49,37 @@ def header(scope: Scope, wanted: bytes) -> str | None:
         if name == wanted:
             return bytes(value).decode("latin-1")
     return None
+
+
+def _secure(scope: Scope) -> bool:
+    if scope.get("scheme") == "https":
+        return True
+    proxy = getattr(settings, "SECURE_PROXY_SSL_HEADER", None)
+    if proxy:
+        name, value = proxy
+        wanted = name.removeprefix("HTTP_").replace("_", "-").lower().encode()
+        return header(scope, wanted) == value
+    return False
+
+
+def host_allowed(scope: Scope) -> bool:
+    """Whether Django would take the request's Host (ALLOWED_HOSTS, as HttpRequest.get_host checks it);
+    False also when there is no Host header to check here (leave the request to Django then)."""
+    host = header(scope, b"x-forwarded-host") if getattr(settings, "USE_X_FORWARDED_HOST", False) else None
+    if host is None:
+        host = header(scope, b"host")
+    if not host:
+        return False
+    allowed = list(settings.ALLOWED_HOSTS)
+    if settings.DEBUG and not allowed:
+        allowed = [".localhost", "127.0.0.1", "[::1]"]  # Django's own default under DEBUG
+    domain, _ = split_domain_port(host)
+    return bool(domain) and validate_host(domain, allowed)
+
+
+def redirects_to_https(scope: Scope) -> bool:
+    """Whether Django's SecurityMiddleware would redirect this request to HTTPS (leave it to Django)."""
+    return bool(getattr(settings, "SECURE_SSL_REDIRECT", False)) and not _secure(scope)
 
 
 async def respond(

@@ -583,14 +583,7 @@ class EventBus:
         if not isinstance(event, BaseEvent):
             raise TypeError(f"publish takes a BaseEvent, not {type(event).__name__}")
         self._stamp(event)
-        try:
-            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        with self._lock:
-            loop = self._loop
-            if loop is None or loop.is_closed() or not loop.is_running():
-                loop = self.bind(running) if running is not None else self._start_own_loop()
+        loop, running = self._loop_for_sync()
         if loop is running:
             # Synchronous code running on the bus loop itself cannot block it: queue without waiting.
             if wait_for_handlers:
@@ -600,6 +593,52 @@ class EventBus:
             self._publish_here(event, wait_for_handlers), loop
         )
         return future.result(timeout)
+
+    def _loop_for_sync(self) -> tuple[asyncio.AbstractEventLoop, asyncio.AbstractEventLoop | None]:
+        """The bus's loop for a synchronous publisher, bound or started if none runs; and the caller's own."""
+        try:
+            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        with self._lock:
+            loop = self._loop
+            if loop is None or loop.is_closed() or not loop.is_running():
+                loop = self.bind(running) if running is not None else self._start_own_loop()
+        return loop, running
+
+    def publish_many_sync(
+        self, events: Sequence[BaseEvent], timeout: float | None = None, distribute: bool = True
+    ) -> list[bool]:
+        """`publish_sync` of several events, in list order, with one hand-over to the bus's loop.
+
+        Each `publish_sync` from a worker thread waits for the loop to take its event; a transaction's
+        events (a request a rule decided has two) then cost one such wait, not one each. Blocks until all
+        are queued. Returns one result per event, as `publish_sync` does.
+        """
+        events = list(events)
+        for event in events:
+            if not isinstance(event, BaseEvent):
+                raise TypeError(f"publish takes a BaseEvent, not {type(event).__name__}")
+            self._stamp(event)
+        loop, running = self._loop_for_sync()
+        if loop is running:
+            # Synchronous code running on the bus loop itself cannot block it: queue without waiting.
+            results = [self._publish_nowait(event) for event in events]
+        else:
+            future: ThreadFuture[list[bool]] = asyncio.run_coroutine_threadsafe(
+                self._publish_many_here(events, False), loop
+            )
+            results = future.result(timeout)
+        transport = self.transport
+        if distribute and transport is not None:
+            outgoing = [
+                event
+                for event, accepted in zip(events, results, strict=True)
+                if accepted and not (event.remote or event.replayed)
+            ]
+            if outgoing:
+                transport.send_sync(tuple(outgoing), timeout)
+        return results
 
     def stamp(self, event: BaseEvent) -> BaseEvent:
         """Give `event` the causation and correlation publishing would give it (idempotent)."""

@@ -17,7 +17,6 @@ import time
 from typing import Any
 
 from channels.db import database_sync_to_async
-from django.conf import settings
 from rest_framework import exceptions
 
 from accounts.auth import Identity, cached_identity, token_identity
@@ -29,8 +28,10 @@ from core.asgi_paths import (
     Send,
     bearer_token,
     header,
+    host_allowed,
     observe,
     read_body,
+    redirects_to_https,
     respond,
     respond_error,
 )
@@ -46,25 +47,16 @@ VIEW_NAME = "events"  # the URL name the DRF view has: one series in the latency
 INLINE_PARSE_BYTES = 64 * 1024
 
 
-def _secure(scope: Scope) -> bool:
-    if scope.get("scheme") == "https":
-        return True
-    proxy = getattr(settings, "SECURE_PROXY_SSL_HEADER", None)
-    if proxy:
-        name, value = proxy
-        wanted = name.removeprefix("HTTP_").replace("_", "-").lower().encode()
-        return header(scope, wanted) == value
-    return False
-
-
 def wants_fast_path(scope: Scope) -> str | None:
     """The raw token of a Bearer `POST /api/events/` this path answers; None for Django to serve."""
     if scope.get("type") != "http" or scope.get("method") != "POST" or scope.get("path") != PATH:
         return None
     if scope.get("query_string"):
         return None  # the URL's entrance checks (core.middleware) are Django's
-    if getattr(settings, "SECURE_SSL_REDIRECT", False) and not _secure(scope):
+    if redirects_to_https(scope):
         return None  # Django redirects to HTTPS
+    if not host_allowed(scope):
+        return None  # Django answers a Host outside ALLOWED_HOSTS with its 400
     return bearer_token(scope)
 
 

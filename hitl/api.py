@@ -2,6 +2,9 @@
 
 Async views (core.async_views): the long-poll holds no thread and no database connection
 while it waits, and the services run in worker threads, never on the thread sync views share.
+An agent's Bearer `POST /api/hitl/requests/` is answered beside Django's request cycle
+(hitl.fast_request) by the same steps as ApprovalRequestsView.post (check_may_request, request_input,
+request_create), so both give the same answers.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from core.parsers import StrictJSONParser
 from events.serializers import ErrorSerializer
 
 from .inputs import ApprovalRequestIn, DecisionIn, PolicyProbeIn, RuleIn, decision_input, validated
-from .models import ApprovalRule, DecisionChannel, OnExpire
+from .models import ApprovalRequest, ApprovalRule, DecisionChannel, OnExpire
 from .perms import REQUEST_APPROVAL
 from .policies import policy_dry_run, rule_as_dict, rule_create, rule_delete, rule_update
 from .selectors import (
@@ -112,7 +115,12 @@ def may_see_approvals(user: Any) -> bool:
 
 
 def _body(request: Request) -> Any:
-    data = request.data  # parsed by StrictJSONParser: depth, NUL, lone surrogates already refused
+    # Parsed by StrictJSONParser: depth, NUL, lone surrogates already refused.
+    return json_object(request.data)
+
+
+def json_object(data: Any) -> dict[str, Any]:
+    """A parsed body that must be a JSON object; 400 naming `body` otherwise."""
     if type(data) is not dict:
         raise invalid("body", f"must be a JSON object, not {json_type(data)}")
     return data
@@ -175,22 +183,41 @@ class ApprovalRequestsView(AsyncAPIView):
     )
     async def post(self, request: Request) -> Response:
         """201 with the new request; 200 with the existing one for a known call_id."""
-        if not request.user.has_perm(REQUEST_PERMISSION):
-            raise ApplicationError("only agents may ask for approvals", code="permission_denied", status=403)
-        data = validated(ApprovalRequestIn, _body(request))
-        approval, created = await off_shared_thread(approval_request)(
-            call_id=data["call_id"],
-            session_id=data["session_id"],
-            tool_name=data["tool_name"],
-            arguments=data["arguments"],
-            reason=data["reason"],
-            agent=data["agent"],
-            correlation_id=data["correlation_id"],
-            timeout_s=data["timeout_s"],
-            on_expire=data["on_expire"],
-            requested_by=request.user,
-        )
+        check_may_request(request.user)
+        data = request_input(_body(request))
+        approval, created = await off_shared_thread(request_create)(data=data, user=request.user)
         return Response(approval_as_dict(approval), status=201 if created else 200)
+
+
+# The steps of POST /api/hitl/requests/ after authentication, in this order, shared with the agents'
+# fast path (hitl.fast_request), so that both answer the same to every input.
+
+
+def check_may_request(user: Any) -> None:
+    """403 unless `user` may ask for approvals (the agents)."""
+    if not user.has_perm(REQUEST_PERMISSION):
+        raise ApplicationError("only agents may ask for approvals", code="permission_denied", status=403)
+
+
+def request_input(payload: dict[str, Any]) -> dict[str, Any]:
+    """The body of a request for approval (a JSON object), checked: its fields, or a 400 naming them."""
+    return validated(ApprovalRequestIn, payload)
+
+
+def request_create(*, data: dict[str, Any], user: Any) -> tuple[ApprovalRequest, bool]:
+    """hitl.services.approval_request with the checked input, as `user` (in a worker thread)."""
+    return approval_request(
+        call_id=data["call_id"],
+        session_id=data["session_id"],
+        tool_name=data["tool_name"],
+        arguments=data["arguments"],
+        reason=data["reason"],
+        agent=data["agent"],
+        correlation_id=data["correlation_id"],
+        timeout_s=data["timeout_s"],
+        on_expire=data["on_expire"],
+        requested_by=user,
+    )
 
 
 class ApprovalRequestDetailView(AsyncAPIView):

@@ -25,7 +25,17 @@ from channels.db import database_sync_to_async
 from rest_framework import exceptions
 
 from accounts.auth import authenticate_token
-from core.asgi_paths import ASGIApp, Receive, Scope, Send, bearer_token, respond, respond_error
+from core.asgi_paths import (
+    ASGIApp,
+    Receive,
+    Scope,
+    Send,
+    bearer_token,
+    host_allowed,
+    redirects_to_https,
+    respond,
+    respond_error,
+)
 from core.json_input import invalid, text_problem
 from core.params import seconds_param
 
@@ -41,8 +51,8 @@ def _wants_fast_path(scope: Scope) -> tuple[str, str] | None:
     if scope.get("type") != "http" or scope.get("method") != "GET":
         return None
     match = _DETAIL.match(scope.get("path", ""))
-    if match is None:
-        return None
+    if match is None or redirects_to_https(scope) or not host_allowed(scope):
+        return None  # the redirect and a refused Host are Django's, as for every other URL
     query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
     wait = query.get("wait", [""])[-1]
     token = bearer_token(scope)

@@ -568,5 +568,30 @@ async def test_a_bus_with_a_transport_sends_what_it_accepts_and_delivers_what_it
     assert transport.calls[-2:] == ["reset_stats", "reset"] and bus.transport is transport
 
 
+async def test_publish_many_sync_from_a_thread_queues_in_order_and_sends_what_it_accepted():
+    transport = RecordingTransport()
+    bus = EventBus(transport=transport)
+    bus.bind(asyncio.get_running_loop())  # as the server binds its bus: the thread hands over to this loop
+    heard: list[str] = []
+    bus.subscribe(handler=lambda event: heard.append(event.event_id))
+    bus.add_middleware(lambda event: None if event.data.get("drop") else event)
+    first, dropped, replayed, last = switched(1), switched(2), switched(3), switched(4)
+    dropped.data["drop"] = True
+    replayed.replayed = True
+
+    results = await asyncio.to_thread(bus.publish_many_sync, [first, dropped, replayed, last])
+    assert results == [True, False, True, True]
+    await bus.drain()
+    assert heard == [first.event_id, replayed.event_id, last.event_id]
+    assert transport.sent == [first.event_id, last.event_id]  # a replayed event is not sent on
+    assert first.correlation_id == first.event_id  # stamped as publish_sync stamps
+    assert bus.publish_many_sync([switched(5)], distribute=False) == [True]  # on the loop: queued at once
+    await bus.drain()
+    assert len(heard) == 4 and transport.sent == [first.event_id, last.event_id]
+    with pytest.raises(TypeError):
+        bus.publish_many_sync(["not an event"])  # type: ignore[list-item]
+    bus.reset()
+
+
 def test_a_bus_without_a_transport_has_no_distributed_figures():
     assert "distributed" not in EventBus().get_stats()

@@ -78,7 +78,7 @@ async def test_the_fast_path_answers_as_the_drf_view_does(agent_token, case):
             "method": "POST",
             "path": URL,
             "query_string": b"",
-            "headers": [(b"authorization", f"Bearer {agent_token}".encode())],
+            "headers": [(b"host", b"127.0.0.1"), (b"authorization", f"Bearer {agent_token}".encode())],
         }
     )
     fast = await through_asgi(body, dict(headers))
@@ -143,10 +143,23 @@ async def test_the_event_is_stored_with_who_sent_it_and_counted_in_the_latency_h
     assert counts.get("events", 0) == earlier.get("events", 0) + 1
 
 
+async def test_a_host_django_refuses_is_its_400(agent_token):
+    transport = httpx.ASGITransport(app=application)
+    async with httpx.AsyncClient(transport=transport, base_url="http://evil.example") as client:
+        response = await client.post(
+            URL, content=json.dumps(step("evil")).encode(), headers={"Authorization": f"Bearer {agent_token}"}
+        )
+    assert response.status_code == 400
+    assert not await StoredEvent.objects.filter(session_id="evil").aexists()
+
+
 def test_what_the_fast_path_leaves_to_django():
-    bearer = [(b"authorization", b"Bearer t")]
+    bearer = [(b"host", b"127.0.0.1"), (b"authorization", b"Bearer t")]
     base = {"type": "http", "method": "POST", "path": URL, "query_string": b"", "headers": bearer}
     assert wants_fast_path(base) == "t"
+    # A Host outside ALLOWED_HOSTS, or none, is Django's to refuse with its 400.
+    assert wants_fast_path({**base, "headers": [(b"host", b"evil.example"), bearer[1]]}) is None
+    assert wants_fast_path({**base, "headers": bearer[1:]}) is None
     assert wants_fast_path({**base, "method": "GET"}) is None
     assert wants_fast_path({**base, "query_string": b"x=1"}) is None
     assert wants_fast_path({**base, "headers": [(b"cookie", b"sessionid=x")]}) is None  # no Bearer

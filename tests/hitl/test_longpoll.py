@@ -21,8 +21,8 @@ pytestmark = pytest.mark.django_db(transaction=True)
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def scope(path: str, query: str, token: str | None) -> dict:
-    headers = [(b"host", b"127.0.0.1")]
+def scope(path: str, query: str, token: str | None, host: bytes = b"127.0.0.1") -> dict:
+    headers = [(b"host", host)]
     if token is not None:
         headers.append((b"authorization", f"Bearer {token}".encode()))
     return {
@@ -40,12 +40,14 @@ def scope(path: str, query: str, token: str | None) -> dict:
     }
 
 
-async def get(path: str, query: str, token: str | None, timeout: float = 10) -> tuple[int, dict]:
-    communicator = ApplicationCommunicator(application, scope(path, query, token))
+async def get(
+    path: str, query: str, token: str | None, timeout: float = 10, host: bytes = b"127.0.0.1"
+) -> tuple[int, dict]:
+    communicator = ApplicationCommunicator(application, scope(path, query, token, host))
     await communicator.send_input({"type": "http.request", "body": b"", "more_body": False})
     start = await communicator.receive_output(timeout)
     body = await communicator.receive_output(timeout)
-    return start["status"], json.loads(body["body"])
+    return start["status"], json.loads(body["body"]) if body["body"].startswith(b"{") else {}
 
 
 @pytest.fixture
@@ -88,6 +90,12 @@ async def test_the_long_poll_refuses_like_the_api(agent):
     assert status == 400 and body["errors"][0]["field"] == "wait"
     status, body = await get("/api/hitl/requests/c1/", "wait=0.2", agent.token)
     assert status == 200 and body["status"] == "pending"
+
+
+async def test_a_host_outside_allowed_hosts_is_djangos_400(agent):
+    await database_sync_to_async(ask)("c1", agent.user)
+    status, _ = await get("/api/hitl/requests/c1/", "wait=1", agent.token, host=b"evil.example")
+    assert status == 400
 
 
 async def test_a_client_that_hangs_up_stops_the_wait(agent):
