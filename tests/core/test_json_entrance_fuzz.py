@@ -158,8 +158,8 @@ def query_of(pairs: list[tuple[str, str]]) -> str:
     from urllib.parse import quote
 
     def encode(text: str) -> str:
-        if "%" in text and text.startswith("%"):
-            return text  # already percent-encoded bytes (a NUL, bad UTF-8)
+        if text.startswith("%") and text.isascii():
+            return text  # already percent-encoded bytes (a NUL, bad UTF-8); a generated "%\ud800" is not
         return quote(text.encode("utf-8", "surrogatepass"), safe="")
 
     return "&".join(f"{name}={encode(value)}" for name, value in pairs)

@@ -481,7 +481,7 @@ def _long_poll(path: str) -> tuple[int, dict[str, Any]]:
         "method": "GET",
         "path": path,
         "query_string": b"wait=5",
-        "headers": [(b"authorization", b"Bearer ebt_whatever")],
+        "headers": [(b"host", b"localhost"), (b"authorization", b"Bearer ebt_whatever")],
     }
     asyncio.run(long_poll_app(django_app)(scope, receive, send))
     return sent[0]["status"], json.loads(sent[1]["body"])
