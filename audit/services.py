@@ -22,7 +22,7 @@ from django.db import connection, transaction
 from django.db.backends.utils import CursorWrapper
 
 from events.base import BaseEvent, format_timestamp
-from events.bulk import bulk_insert, datetime_adapter
+from events.bulk import bulk_insert, datetime_adapter, text_encoder
 from events.event_types import EventType
 from events.models import PurgePermit, StoredEvent
 
@@ -77,11 +77,14 @@ def _normalise_numbers(value: Any) -> Any:
     return value
 
 
+# json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False), its
+# encoder built once (the store's batch hook hashes every audited event: 3.5 against 1.6 us each).
+_canonical_text = text_encoder(sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+
 def canonical_json(value: Any) -> str:
     """One text for one value: sorted keys, no spaces, UTF-8 kept, whole numbers as integers."""
-    return json.dumps(
-        _normalise_numbers(value), sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-    )
+    return _canonical_text(_normalise_numbers(value))
 
 
 def entry_content(entry: dict[str, Any]) -> dict[str, Any]:
@@ -274,12 +277,35 @@ def audit_record_events(cursor: CursorWrapper, events: list[BaseEvent]) -> None:
 # Metrics
 
 
+# The event types the counters count, and for tools the field each one adds to: one dict look-up per
+# event in the store's batch hook (most events of a busy store count nothing).
+_TOOL_FIELDS: dict[str, str] = {
+    EventType.TOOL_EXECUTION_REQUESTED: "requested",
+    EventType.TOOL_EXECUTION_COMPLETED: "completed",
+    EventType.TOOL_EXECUTION_FAILED: "failed",
+}
+_COUNTED = frozenset(
+    {
+        EventType.AGENT_SWITCHED,
+        EventType.AGENT_PROCESSING_COMPLETED,
+        EventType.HITL_DECISION_MADE,
+        *_TOOL_FIELDS,
+    }
+)
+
+
 def _metric_deltas(events: list[BaseEvent]) -> Counter[tuple[str, str, str]]:
     deltas: Counter[tuple[str, str, str]] = Counter()
+    tool_fields = _TOOL_FIELDS
     for event in events:
-        data = event.data
         kind = event.event_type
-        if kind == EventType.AGENT_SWITCHED:
+        if kind not in _COUNTED:
+            continue
+        data = event.data
+        tool_field = tool_fields.get(kind)
+        if tool_field is not None:
+            deltas["tool_executions", str(data.get("tool_name")), tool_field] += 1
+        elif kind == EventType.AGENT_SWITCHED:
             deltas["agent_switches", f"{data.get('from_agent')}_to_{data.get('to_agent')}", "count"] += 1
         elif kind == EventType.AGENT_PROCESSING_COMPLETED:
             agent = str(data.get("agent_type"))
@@ -289,18 +315,7 @@ def _metric_deltas(events: list[BaseEvent]) -> Counter[tuple[str, str, str]]:
                 deltas["agent_processing", agent, "total_duration_ms"] += duration  # type: ignore[assignment]
             succeeded = data.get("success", True)
             deltas["agent_processing", agent, "success_count" if succeeded else "failure_count"] += 1
-        elif kind in (
-            EventType.TOOL_EXECUTION_REQUESTED,
-            EventType.TOOL_EXECUTION_COMPLETED,
-            EventType.TOOL_EXECUTION_FAILED,
-        ):
-            field = {
-                EventType.TOOL_EXECUTION_REQUESTED: "requested",
-                EventType.TOOL_EXECUTION_COMPLETED: "completed",
-                EventType.TOOL_EXECUTION_FAILED: "failed",
-            }[EventType(kind)]
-            deltas["tool_executions", str(data.get("tool_name")), field] += 1
-        elif kind == EventType.HITL_DECISION_MADE:
+        else:  # EventType.HITL_DECISION_MADE
             deltas["hitl_decisions", str(data.get("tool_name")), str(data.get("decision"))] += 1
     return deltas
 

@@ -1,7 +1,9 @@
 """Bulk inserts for the store's writer and its hooks: COPY on PostgreSQL, executemany on SQLite."""
 
+import json
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from json.encoder import c_make_encoder, encode_basestring  # type: ignore[attr-defined]
 from typing import Any
 
 from django.db import connection
@@ -42,3 +44,38 @@ def _same(value: datetime) -> datetime:
 
 def _sqlite_utc_text(value: datetime) -> str:
     return str(value.astimezone(UTC).replace(tzinfo=None))
+
+
+def text_encoder(**options: Any) -> Callable[[Any], str]:
+    """json.dumps(value, ensure_ascii=False, **options) as one function, the same text.
+
+    json.dumps with any non-default option builds a JSONEncoder and its C encoder on every call: 4.6 us
+    of a store row's 5 us of JSON (a small `data`, measured). The C encoder built once writes the same
+    text in 1.3 us. Without circular-reference markers: the bus has checked the value (ensure_json_safe),
+    and a cycle would still end in RecursionError, not a wrong text.
+    """
+    encoder = json.JSONEncoder(ensure_ascii=False, **options)
+    if c_make_encoder is None:  # CPython without its _json accelerator
+        return encoder.encode
+    make = c_make_encoder(
+        None,
+        encoder.default,
+        encode_basestring,
+        None,
+        encoder.key_separator,
+        encoder.item_separator,
+        encoder.sort_keys,
+        encoder.skipkeys,
+        encoder.allow_nan,
+    )
+
+    def text(value: Any) -> str:
+        if type(value) is str:
+            return encode_basestring(value)  # the C encoder yields no chunks for a bare string
+        return "".join(make(value, 0))
+
+    return text
+
+
+# `data` as the store writes it: json.dumps(data, ensure_ascii=False).
+json_text = text_encoder()
