@@ -34,6 +34,7 @@ from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
 from core.admin_kit import (
+    DateRangeFilter,
     PositionFilter,
     ReadOnlyAdmin,
     ValueFilter,
@@ -113,11 +114,11 @@ class StoredEventAdmin(ReadOnlyAdmin):
     ordering = ("-position",)
     search_fields = ("session_id", "correlation_id", "event_id")  # see id_search: exact, not icontains
     search_help_text = (
-        "An exact session id or correlation id, or an event id (a whole UUID, or its first 8 or more "
-        "hex digits)."
+        "A session id's beginning (anywhere in it on PostgreSQL), an exact correlation id, or an event "
+        "id (a whole UUID, or its first 8 or more hex digits)."
     )
-    list_filter = (CategoryFilter, EventTypeFilter, SourceFilter, PositionFilter)
-    allowed_lookups = frozenset({"event_category", "event_type", "source", "position__lte"})
+    list_filter = (CategoryFilter, EventTypeFilter, SourceFilter, DateRangeFilter, PositionFilter)
+    allowed_lookups = frozenset({"event_category", "event_type", "source", "position__lte", "since", "until"})
     change_form_template = "admin/events/storedevent/change_form.html"
     readonly_fields = (
         "position",
@@ -203,6 +204,10 @@ class StoredEventAdmin(ReadOnlyAdmin):
     @admin.display(description="data")
     def pretty_data(self, obj: StoredEvent) -> SafeString:
         return pretty_json(obj.data)
+
+    def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> Any:
+        # The export links (templates/admin/events/_export_links.html) go to the audit app's export.
+        return super().changelist_view(request, {**(extra_context or {}), "export_scope": "events"})
 
     def render_change_form(
         self,

@@ -13,26 +13,31 @@ import copy
 import difflib
 import json
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Literal
 
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
 from django.contrib.admin.templatetags.admin_urls import add_preserved_filters
 from django.contrib.admin.utils import unquote
-from django.contrib.admin.views.main import ChangeList
+from django.contrib.admin.views.main import ORDER_VAR, ChangeList
 from django.core.exceptions import PermissionDenied
-from django.db.models import Q, QuerySet
-from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
+from django.db.models import Case, DateTimeField, F, IntegerField, Q, QuerySet, Value, When
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
 from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils import timezone
+from django.utils.formats import localize
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
 from django.utils.timesince import timeuntil
+from django.utils.timezone import localtime
 
+from audit.perms import VIEW_AUDIT
+from core.admin_kit import DateRangeFilter, short, text_search
 from core.errors import ApplicationError
 from core.json_input import check_form_encoding, check_object, parse_json
+from events.traces import timeline_url
 
 from .conf import hitl_settings
 from .inputs import MAX_TEXT, PolicyProbeIn, validated
@@ -49,7 +54,6 @@ from .policies import (
     rule_update,
     standing_revoke,
 )
-from .selectors import pending_first
 from .services import approval_decide, args_digest, decision_of, user_may_decide, validate_against_schema
 
 # At most this many requests per bulk action: each is its own transaction and event.
@@ -57,7 +61,11 @@ BULK_LIMIT = 500
 # The value filters suggest the values of the newest pending requests, read through the status index.
 SUGGESTION_ROWS = 500
 SUGGESTIONS = 15
+# Ids are cut to this many characters in the list (the whole id is the cell's title).
+SHORT_ID = 22
 CONFLICTS = ("already_decided", "expired", "not_found")
+# The search's text fields (besides a call id's beginning), each with an index that serves it.
+SEARCHED = ("tool_name", "agent", "session_id")
 
 
 def pretty_json(value: Any, *, sort_keys: bool = False) -> str:
@@ -162,6 +170,28 @@ class RejectSelectedForm(forms.Form):
     )
 
 
+def by_deadline(queryset: QuerySet[ApprovalRequest]) -> QuerySet[ApprovalRequest]:
+    """Pending requests first, the nearest deadline first; then the others, newest first."""
+    pending = Q(status=ApprovalStatus.PENDING)
+    return queryset.annotate(
+        pending_rank=Case(When(pending, then=Value(0)), default=Value(1), output_field=IntegerField()),
+        deadline=Case(When(pending, then=F("expires_at")), default=None, output_field=DateTimeField()),
+    ).order_by("pending_rank", F("deadline").asc(nulls_last=True), "-created_at", "-pk")
+
+
+def decider(obj: ApprovalRequest) -> str:
+    """Who decided, as a column shows it: the person; else what decided (the expiry, a policy)."""
+    if obj.status == ApprovalStatus.PENDING:
+        return "—"
+    if obj.decided_by_username:
+        return obj.decided_by_username
+    if obj.channel:
+        return str(obj.get_channel_display())  # "expiry", "approval policy"
+    if obj.status == ApprovalStatus.CANCELLED:
+        return "the agent (withdrawn)"
+    return "—"
+
+
 class ValueFilter(admin.SimpleListFilter):
     """An exact-value filter typed into a box, with the values of recent pending requests as links.
 
@@ -225,31 +255,52 @@ class RuleFilter(ValueFilter):
     field_name = "rule"
 
 
+class CreatedRangeFilter(DateRangeFilter):
+    title = "created"
+    field_name = "created_at"
+
+
 class ApprovalChangeList(ChangeList):
     def get_queryset(self, request: HttpRequest, exclude_parameters: Any = None) -> QuerySet[Any]:
         # The rows show neither arguments nor texts, which may be large: fifty rows need not load them.
         queryset = super().get_queryset(request, exclude_parameters)
         return queryset.defer("arguments", "modified_args", "reason", "comment")
 
+    def get_ordering_field_columns(self) -> dict[int, Literal["desc", "asc"]]:
+        # Unless a header was clicked, mark the column the rows are really in the order of: the
+        # deadline (pending first, or pending alone), else creation. Django would mark the model's
+        # Meta.ordering (creation) whatever get_ordering says.
+        if ORDER_VAR in self.params or "expires" not in self.list_display:
+            return super().get_ordering_field_columns()
+        status = self.params.get("status__exact")
+        if status is None or status == ApprovalStatus.PENDING:
+            return {self.list_display.index("expires"): "asc"}
+        return {self.list_display.index("created"): "desc"} if "created" in self.list_display else {}
+
 
 @admin.register(ApprovalRequest)
 class ApprovalRequestAdmin(admin.ModelAdmin):
+    # Nine columns in the width a desk's screen leaves beside the two sidebars (1400 px): ids are cut
+    # short (the whole id is the cell's title and the change page's), and no cell holds free text.
     list_display = (
-        "call_id",
+        "call",
         "tool_name",
         "agent",
-        "session_id",
+        "session",
         "status",
-        "created_at",
+        "created",
         "expires",
-        "decided_by_username",
-        "rule",
+        "decided_by_name",
+        "rule_shown",
     )
-    list_display_links = ("call_id",)
-    list_filter = ("status", ToolNameFilter, AgentFilter, RuleFilter)  # status: its choices, no query
+    list_display_links = ("call",)
+    # status: its choices, no query; the date range is on created_at.
+    list_filter = ("status", ToolNameFilter, AgentFilter, RuleFilter, CreatedRangeFilter)
     # Search is exact on session_id and a prefix of call_id (get_search_results): both use an index.
     search_fields = ("call_id", "session_id")
-    search_help_text = "A call id or its beginning, or an exact session id."
+    search_help_text = (
+        "The beginning of a call id, or of a tool, agent or session (anywhere in them on PostgreSQL)."
+    )
     show_full_result_count = False  # no second COUNT(*) of the whole table
     show_facets = admin.ShowFacets.NEVER  # facets are one COUNT per filter value
     list_select_related = False  # no relation is shown (decided_by_username is a column)
@@ -257,6 +308,7 @@ class ApprovalRequestAdmin(admin.ModelAdmin):
     actions = ["approve_selected", "reject_selected"]
     change_form_template = "admin/hitl/approvalrequest/change_form.html"
     readonly_fields = (
+        "decided_by_name",
         "time_left",
         "proposed_arguments",
         "run_arguments",
@@ -275,7 +327,17 @@ class ApprovalRequestAdmin(admin.ModelAdmin):
         return False  # no model form: decisions go through approval_decide
 
     def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return super().has_view_permission(request, obj) or user_may_decide(request.user)
+        # Auditors (who read the audit trail) read approval requests here too, read-only: the admin
+        # is their desk. The approval page and the API stay the operators'.
+        return (
+            super().has_view_permission(request, obj)
+            or user_may_decide(request.user)
+            or request.user.has_perm(VIEW_AUDIT)
+        )
+
+    def has_module_permission(self, request: HttpRequest) -> bool:
+        # So that the admin's index and sidebar list approval requests for auditors too.
+        return super().has_module_permission(request) or request.user.has_perm(VIEW_AUDIT)
 
     def has_decide_permission(self, request: HttpRequest) -> bool:
         """Who sees and may use the decide actions and buttons (the service checks again)."""
@@ -288,11 +350,15 @@ class ApprovalRequestAdmin(admin.ModelAdmin):
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[ApprovalRequest]:
         queryset = self.model._default_manager.get_queryset()
-        if "status__exact" in request.GET:
-            # One status: "pending first" means nothing, and plain -created_at is what the
-            # (status, -created_at) index serves; the CASE of pending_first would sort every row.
-            return queryset.order_by("-created_at")
-        return pending_first(queryset)
+        status = request.GET.get("status__exact")
+        if status == ApprovalStatus.PENDING:
+            # The nearest deadline first: what an operator must decide before it runs out. The
+            # (status, expires_at) index serves it.
+            return queryset.order_by("expires_at", "pk")
+        if status is not None:
+            # One decided status: newest first, as the (status, -created_at) index serves it.
+            return queryset.order_by("-created_at", "-pk")
+        return by_deadline(queryset)
 
     def get_ordering(self, request: HttpRequest) -> list[Any]:
         # The changelist puts this ordering before the queryset's own, so it must be the selector's.
@@ -301,19 +367,49 @@ class ApprovalRequestAdmin(admin.ModelAdmin):
     def get_search_results(
         self, request: HttpRequest, queryset: QuerySet[ApprovalRequest], search_term: str
     ) -> tuple[QuerySet[ApprovalRequest], bool]:
-        # Django's "^call_id"/"=session_id" would be istartswith/iexact: UPPER(...) on PostgreSQL, which
-        # no index serves. A case-sensitive prefix uses call_id's unique (pattern-ops) index, and an
-        # exact session id the (session_id, -created_at) one.
+        # Django's own search would be icontains: UPPER(...) LIKE, which no index serves. A call id by
+        # its beginning (its unique, pattern-ops index); tool, agent and session by their beginning on
+        # SQLite and anywhere in them on PostgreSQL (core.admin_kit.text_search, the trigram indexes of
+        # migration 0004).
         term = search_term.strip()
         if not term:
             return queryset, False
-        return queryset.filter(Q(call_id__startswith=term) | Q(session_id=term)), False
+        return queryset.filter(Q(call_id__startswith=term) | text_search(queryset, SEARCHED, term)), False
+
+    @admin.display(description="call id")
+    def call(self, obj: ApprovalRequest) -> SafeString:
+        return format_html('<span title="{}">{}</span>', obj.call_id, short(obj.call_id, SHORT_ID))
+
+    @admin.display(description="session")
+    def session(self, obj: ApprovalRequest) -> SafeString | str:
+        if not obj.session_id:
+            return "—"
+        return format_html(
+            '<a href="{}" title="the session\'s timeline: {}">{}</a>',
+            timeline_url(obj.session_id),
+            obj.session_id,
+            short(obj.session_id, SHORT_ID),
+        )
+
+    @admin.display(description="created", ordering="created_at")
+    def created(self, obj: ApprovalRequest) -> SafeString:
+        return format_html(
+            '<time datetime="{}">{}</time>', obj.created_at.isoformat(), localize(localtime(obj.created_at))
+        )
 
     @admin.display(description="expires", ordering="expires_at")
     def expires(self, obj: ApprovalRequest) -> str:
         if obj.status != ApprovalStatus.PENDING:
             return "—"
         return self.time_left(obj)
+
+    @admin.display(description="decided by")
+    def decided_by_name(self, obj: ApprovalRequest) -> str:
+        return decider(obj)
+
+    @admin.display(description="rule", ordering="rule")
+    def rule_shown(self, obj: ApprovalRequest) -> str:
+        return obj.rule or "—"
 
     @admin.display(description="time left")
     def time_left(self, obj: ApprovalRequest) -> str:
@@ -387,7 +483,7 @@ class ApprovalRequestAdmin(admin.ModelAdmin):
         return [
             (None, {"fields": [*request_fields, "expires_at", "on_expire"]}),
             policy,
-            ("Decision", {"fields": ["status", "decided_by_username", "decided_at", "channel", "comment"]}),
+            ("Decision", {"fields": ["status", "decided_by_name", "decided_at", "channel", "comment"]}),
             ("Arguments", {"fields": ["proposed_arguments", "run_arguments", "edit_diff"]}),
         ]
 
@@ -403,10 +499,48 @@ class ApprovalRequestAdmin(admin.ModelAdmin):
         if obj is not None and obj.is_pending and self.has_decide_permission(request):
             if context.get("decide_form") is None:
                 context["decide_form"] = DecideForm(initial={"arguments": pretty_json(obj.arguments)})
+            context["decide_config"] = {
+                "proposed": obj.arguments,
+                "check_url": reverse("admin:hitl_approvalrequest_check", args=[obj.pk]),
+            }
         else:
             context["decide_form"] = None
         context["may_decide"] = self.has_decide_permission(request)
         return super().render_change_form(request, context, add, change, form_url, obj)
+
+    def get_urls(self) -> list[Any]:
+        from django.urls import path
+
+        check = path(
+            "<path:object_id>/check/",
+            self.admin_site.admin_view(self.check_view),
+            name="hitl_approvalrequest_check",
+        )
+        return [check, *super().get_urls()]
+
+    def check_view(self, request: HttpRequest, object_id: str) -> JsonResponse:
+        """The Decide panel's live check (POST `arguments`): the errors "Approve with edits" would show,
+        JSON Schema included, without saving anything: `{"ok": bool, "errors": [...]}`."""
+        if request.method != "POST":
+            return JsonResponse({"detail": "POST the arguments.", "code": "method_not_allowed"}, status=405)
+        if not self.has_decide_permission(request):
+            raise PermissionDenied
+        obj = self.get_object(request, unquote(object_id))
+        if obj is None:
+            raise Http404(f"no approval request has id {object_id!r}")
+        form = DecideForm({"arguments": request.POST.get("arguments", ""), "comment": ""})
+        form.is_valid()
+        try:
+            if request.content_type == "application/x-www-form-urlencoded":
+                check_form_encoding(request.body)  # as _decide: bad UTF-8 is an error, not U+FFFD
+            edited = parse_arguments(form.cleaned_data.get("arguments", ""))
+            validate_against_schema(obj.tool_name, edited)
+        except ArgumentsError as error:
+            form.add_error("arguments", str(error))
+        except ApplicationError as error:
+            self._form_errors(form, error)
+        errors = [str(message) for message in form.errors.get("arguments", [])]
+        return JsonResponse({"ok": not errors, "errors": errors})
 
     def change_view(
         self,

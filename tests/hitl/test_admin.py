@@ -158,17 +158,45 @@ def test_changelist_filters_by_status_tool_and_agent(root, bob):
 
 
 @pytest.mark.django_db
-def test_search_by_call_id_prefix_or_exact_session(root):
-    ask("run-abc-1", session="session-a")
-    ask("run-abc-2", session="session-b")
-    ask("other-3", session="session-a")
+def test_search_by_the_beginning_of_a_call_id_tool_agent_or_session(root):
+    """Issue 14: `refund` and `sim-25cec` found nothing (ids matched exactly). On SQLite a search is a
+    prefix of the call id, tool, agent or session, each served by its B-tree index."""
+    ask("run-abc-1", session="session-a", tool="refund_order", agent="billing-bot")
+    ask("run-abc-2", session="sim-25cec0f1", tool="write_file")
+    ask("other-3", session="session-a", tool="shell", agent="coder")
     client = client_for(root)
 
     assert sorted(shown(client.get(CHANGELIST, {"q": "run-abc"}))) == ["run-abc-1", "run-abc-2"]
     assert shown(client.get(CHANGELIST, {"q": "run-abc-2"})) == ["run-abc-2"]
-    assert shown(client.get(CHANGELIST, {"q": "abc"})) == []  # a prefix, not a substring
-    assert sorted(shown(client.get(CHANGELIST, {"q": "session-a"}))) == ["other-3", "run-abc-1"]
-    assert shown(client.get(CHANGELIST, {"q": "session"})) == []  # session ids match exactly
+    assert shown(client.get(CHANGELIST, {"q": "refund"})) == ["run-abc-1"]  # a tool's beginning
+    assert shown(client.get(CHANGELIST, {"q": "sim-25cec"})) == ["run-abc-2"]  # a session's
+    assert shown(client.get(CHANGELIST, {"q": "billing"})) == ["run-abc-1"]  # an agent's
+    assert sorted(shown(client.get(CHANGELIST, {"q": "session"}))) == ["other-3", "run-abc-1"]
+    assert shown(client.get(CHANGELIST, {"q": "abc"})) == []  # on SQLite a prefix, not a substring
+    assert shown(client.get(CHANGELIST, {"q": "100%_"})) == []  # LIKE's wildcards are text
+
+
+@pytest.mark.django_db
+def test_search_by_part_of_a_tool_agent_or_session_on_postgresql_uses_ilike():
+    """On PostgreSQL the search is ILIKE '%term%' on each field, which its trigram index serves
+    (hitl/migrations/0004_trigram_search.py), with LIKE's wildcards escaped."""
+    from core.admin_kit import ILike, text_search
+
+    class FakeConnection:
+        vendor = "postgresql"
+
+    queryset = ApprovalRequest.objects.all()
+    import core.admin_kit as kit
+
+    original = kit.connections
+    kit.connections = {queryset.db: FakeConnection()}  # type: ignore[assignment]
+    try:
+        condition = text_search(queryset, ["tool_name", "agent"], "50%_off")
+    finally:
+        kit.connections = original
+    lookups = [child for child in condition.flatten() if isinstance(child, ILike)]
+    assert [lookup.lhs.name for lookup in lookups] == ["tool_name", "agent"]
+    assert {lookup.rhs.value for lookup in lookups} == {"%50\\%\\_off%"}
 
 
 @pytest.mark.django_db
