@@ -18,8 +18,8 @@ install: $(STAMP)
 
 run: $(STAMP)
 	$(PY) manage.py migrate --noinput
-	$(PY) manage.py ensure_admin
-	@echo "Serving at http://$(HOST):$(PORT)/  (admin: /admin/, health: /healthz; Ctrl-C stops)"
+	$(PY) manage.py ensure_admin --host $(HOST) --port $(PORT)
+	@echo "Serving at http://$(HOST):$(PORT)/  (overview: /, admin: /admin/, health: /healthz; Ctrl-C stops)"
 	$(VENV)/bin/daphne -b $(HOST) -p $(PORT) eventbus_project.asgi:application
 
 # The server in the background (its log in var/demo-server.log) and simulated agents in the foreground,
@@ -27,7 +27,7 @@ run: $(STAMP)
 # withdraws its pending requests). SIMULATE="--sessions 5 --rate 10" passes options to simulate_agents.
 demo: $(STAMP)
 	$(PY) manage.py migrate --noinput
-	$(PY) manage.py ensure_admin
+	$(PY) manage.py ensure_admin --host $(HOST) --port $(PORT)
 	$(PY) manage.py setup_roles >/dev/null
 	@$(PY) -c 'import socket; socket.create_server(("$(HOST)", $(PORT))).close()' 2>/dev/null \
 		|| { echo "$(HOST):$(PORT) is in use (make run already running?); try PORT=8001 make demo"; exit 1; }; \

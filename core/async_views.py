@@ -21,16 +21,21 @@ from typing import Any
 from channels.db import database_sync_to_async
 from django.db import connection
 from django.http import HttpRequest, HttpResponse
+from rest_framework.negotiation import BaseContentNegotiation
 from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
 from rest_framework.views import APIView
+
+from core.negotiation import SignedInBrowsableAPIRenderer, SignedInBrowserNegotiation
 
 
 class AsyncAPIView(APIView):
     """An APIView whose handlers are `async def`; everything sync runs off the shared thread."""
 
-    # JSON only: the browsable API's HTML renderer would query the database while rendering.
-    renderer_classes = [JSONRenderer]
+    # JSON, and the browsable API for a signed-in browser only (core.negotiation: it renders here, on the
+    # event loop, without a query).
+    renderer_classes = [JSONRenderer, SignedInBrowsableAPIRenderer]
+    content_negotiation_class: type[BaseContentNegotiation] = SignedInBrowserNegotiation
 
     async def dispatch(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:  # type: ignore[override]
         """APIView.dispatch, awaiting the handler; sync steps run in a worker thread."""

@@ -265,10 +265,14 @@ LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
+# One date format everywhere (admin and pages): "2026-12-05 03:17:26 UTC" (eventbus_project/formats).
+FORMAT_MODULE_PATH = ["eventbus_project.formats"]
 
 STATIC_URL = "static/"
 STATIC_ROOT = VAR_DIR / "static"
 LOGIN_URL = "/admin/login/"
+# Signing out (admin or pages) lands on the overview, which sends the signed-out user to sign in again.
+LOGOUT_REDIRECT_URL = "/"
 
 REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",

@@ -24,8 +24,19 @@ from hitl.api import (
 from notify.views import preferences_page, slack_interactions
 from ops.api import MetricsView, PrometheusView, StatsView
 from ops.health import healthz
+from ops.views import overview_data, overview_page
+
+# One title across the admin and the pages (templates/live/base.html says the same).
+SITE_TITLE = "Agent event bus"
+admin.site.site_header = SITE_TITLE
+admin.site.site_title = SITE_TITLE
+admin.site.index_title = "Administration"
+admin.site.site_url = "/"
 
 urlpatterns = [
+    # The operators' overview (staff): counts, the chain's state, links to every page.
+    path("", overview_page, name="overview"),
+    path("overview.json", overview_data, name="overview-data"),
     path("healthz", healthz, name="healthz"),
     path("metrics", PrometheusView.as_view(), name="prometheus-metrics"),
     path("admin/", admin.site.urls),

@@ -70,9 +70,9 @@ def data_preview(data: Any) -> str:
 
 
 def clock(timestamp: str) -> str:
-    """HH:MM:SS.mmm (UTC) of a contract timestamp."""
+    """HH:MM:SS.mmm UTC of a contract timestamp (TIME_FORMAT with milliseconds; events/time.js too)."""
     moment = datetime.fromisoformat(timestamp.replace("Z", "+00:00"))
-    return moment.strftime("%H:%M:%S.%f")[:-3]
+    return moment.strftime("%H:%M:%S.%f")[:-3] + " UTC"
 
 
 def row_context(event: dict[str, Any]) -> dict[str, Any]:

@@ -117,7 +117,7 @@ def test_auditors_and_operators_see_the_newest_events_first_with_trace_links(aud
     assert newest.find(data_field="event_type").text == "agent_switched"
     assert newest.find(data_field="event_category").text == "agent"
     assert newest.find(data_field="source").text == "agent_runtime"
-    assert newest.find(data_field="clock").text == "12:00:02.250"
+    assert newest.find(data_field="clock").text == "12:00:02.250 UTC"
     assert newest.find(data_field="preview").text == '{"to_agent": "coder"}'
     session = newest.find(data_field="session")
     assert session.text == "s2"

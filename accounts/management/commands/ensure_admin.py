@@ -1,5 +1,6 @@
 """Make sure an admin account exists; a new one gets a random password, printed this once."""
 
+import os
 import secrets
 from typing import Any
 
@@ -12,6 +13,9 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--username", default="admin")
+        # `make run` passes its HOST and PORT, so the printed address is the one it serves.
+        parser.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
+        parser.add_argument("--port", default=os.environ.get("PORT", "8000"))
 
     def handle(self, *args: Any, **options: Any) -> None:
         User = get_user_model()
@@ -23,6 +27,6 @@ class Command(BaseCommand):
         self.stdout.write(
             self.style.SUCCESS(
                 f"Created admin account {options['username']!r} with password: {password}\n"
-                "It is shown only now; sign in at http://127.0.0.1:8000/admin/"
+                f"It is shown only now; sign in at http://{options['host']}:{options['port']}/admin/"
             )
         )

@@ -28,23 +28,9 @@
   let held = []; // arrived while paused (newest last), at most maxRows
   let socket = null;
 
-  function pad(number, width) {
-    return String(number).padStart(width, "0");
-  }
-
+  // The server's format (events.views.clock): "15:00:07.250 UTC" (events/time.js).
   function clock(timestamp) {
-    const millis = window.LivePage.parseTime(timestamp);
-    if (Number.isNaN(millis)) return String(timestamp);
-    const moment = new Date(millis);
-    return (
-      pad(moment.getUTCHours(), 2) +
-      ":" +
-      pad(moment.getUTCMinutes(), 2) +
-      ":" +
-      pad(moment.getUTCSeconds(), 2) +
-      "." +
-      pad(moment.getUTCMilliseconds(), 3)
-    );
+    return window.EventbusTime.clock(timestamp);
   }
 
   // JSON on one line as Python's json.dumps(separators=(", ", ": ")) writes it (the server's rows).
