@@ -23,8 +23,10 @@ from .selectors import SUMMARY_KEYS
 # A trace shows at most this many events; a timeline page this many.
 TRACE_LIMIT = 2_000
 TIMELINE_PAGE = 500
-# Deeper levels of a trace are not indented further (the depth is still shown).
-MAX_INDENT = 30
+# Deeper levels of a trace are not indented further: their depth is shown as a number instead, so a
+# chain of 20 (or 2,000) causes keeps the event column narrow (templates/.../trace.html caps the width).
+MAX_INDENT = 6
+INDENT_EM = 1.25
 
 _CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
@@ -107,7 +109,7 @@ class TraceStep:
 
     @property
     def indent(self) -> float:
-        return min(self.depth, MAX_INDENT) * 1.5
+        return min(self.depth, MAX_INDENT) * INDENT_EM
 
 
 def build_trace(rows: list[dict[str, Any]]) -> list[TraceStep]:
@@ -174,7 +176,8 @@ def build_trace(rows: list[dict[str, Any]]) -> list[TraceStep]:
 
 _TRACE_ROW = (
     '<tr class="events-step{focus}" data-position="{position}" data-depth="{depth}">'
-    '<td style="padding-left: {indent}em;">{branch}<a href="{url}">{event_type}</a>{notes}</td>'
+    '<td class="events-event" style="padding-left: {indent}em;">{branch}<a href="{url}">{event_type}</a>'
+    "{notes}</td>"
     '<td><a href="{url}">#{position}</a></td>'
     "<td>{when}</td>"
     '<td class="events-duration events-since-parent">{since_parent}</td>'
@@ -200,7 +203,7 @@ def trace_rows_html(steps: list[TraceStep]) -> SafeString:
         if step.cycle:
             notes += ' <span class="quiet">(causation cycle)</span>'
         if step.depth > MAX_INDENT:
-            notes += f' <span class="quiet">(depth {step.depth})</span>'
+            notes += f' <span class="events-depth" title="depth {step.depth}">{step.depth}</span>'
         session_id = row["session_id"]
         if not session_id:
             session = "—"

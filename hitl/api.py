@@ -217,6 +217,7 @@ def request_create(*, data: dict[str, Any], user: Any) -> tuple[ApprovalRequest,
         timeout_s=data["timeout_s"],
         on_expire=data["on_expire"],
         requested_by=user,
+        causation_id=data["causation_id"],
     )
 
 

@@ -9,6 +9,7 @@ trim the spaces around an id; nothing here does.
 from __future__ import annotations
 
 import math
+import uuid
 from collections.abc import Mapping
 from typing import Any
 
@@ -41,6 +42,19 @@ class StrictCharField(serializers.CharField):
         if not isinstance(data, str):
             self.fail("invalid", kind=shown_value(data))
         return str(super().to_internal_value(data))
+
+
+class EventIdField(StrictCharField):
+    """An event id as the events API takes one: a UUID, as a string, kept in its canonical form."""
+
+    default_error_messages = {"not_an_id": "Must be an event id (a UUID), not {input}."}
+
+    def to_internal_value(self, data: Any) -> str:
+        text = super().to_internal_value(data)
+        try:
+            return str(uuid.UUID(text))
+        except ValueError:
+            self.fail("not_an_id", input=shown_value(data))
 
 
 class StrictChoiceField(serializers.ChoiceField):
@@ -106,6 +120,12 @@ class ApprovalRequestIn(serializers.Serializer):
     timeout_s = StrictNumberField(required=False, allow_null=True, default=None)
     on_expire = StrictChoiceField(choices=OnExpire.values, required=False, default=OnExpire.REJECT)
     correlation_id = StrictCharField(max_length=255, required=False, allow_null=True, default=None)
+    causation_id = EventIdField(
+        required=False,
+        allow_null=True,
+        default=None,
+        help_text="The event_id of the agent's tool_execution_requested: the cause of the request's event.",
+    )
 
 
 @extend_schema_field(

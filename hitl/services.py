@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -49,6 +50,9 @@ DECIDE_PERMISSION = DECIDE_APPROVALS
 APPROVAL_RECORDED = "hitl_approval_recorded"  # one approval of several needed (server-only: hitl_)
 ESCALATED = "tool_approval_escalated"  # server-only: tool_approval_
 MAX_TEXT = 255
+# The namespace of the `tool_approval_required` event ids: one id per call_id, so the events that close
+# a request (its decision, its cancellation) name it as their cause without storing or looking it up.
+_REQUEST_EVENT_NAMESPACE = uuid.UUID("6f1c2d4e-8a3b-5c7d-9e0f-1a2b3c4d5e6f")
 
 
 def args_digest(tool_name: str, arguments: dict[str, Any]) -> str:
@@ -140,8 +144,13 @@ def approval_request(
     timeout_s: float | None = None,
     on_expire: str = OnExpire.REJECT,
     requested_by: User | None = None,
+    causation_id: str | None = None,
 ) -> tuple[ApprovalRequest, bool]:
-    """Hold a tool call for approval; idempotent on `call_id`. Returns the request and whether it is new."""
+    """Hold a tool call for approval; idempotent on `call_id`. Returns the request and whether it is new.
+
+    `causation_id` (the agent's `tool_execution_requested` event) becomes the cause of the stored
+    `tool_approval_required`, so a trace shows the request, and its decision, under the tool call.
+    """
     call_id = _check_text("call_id", call_id)
     if any(c in call_id for c in "/?#") or call_id != call_id.strip():
         raise _invalid("call_id", "must not contain /, ?, # or surrounding spaces (it is part of URLs)")
@@ -208,8 +217,10 @@ def approval_request(
             raise
         return _same_call(existing, tool_name, digest, requester_id), False
     event = ToolApprovalRequiredEvent(
+        event_id=request_event_id(call_id),
         session_id=session_id,
         correlation_id=correlation_id,
+        causation_id=causation_id,
         tool_name=tool_name,
         arguments=arguments,
         call_id=call_id,
@@ -231,6 +242,11 @@ def approval_request(
         # Decided by the policy: the request and its decision are stored (and audited) together.
         events_record(events=[event, _decision_event(request, _outcome_of(request))])
     return request, True
+
+
+def request_event_id(call_id: str) -> str:
+    """The event id of the `tool_approval_required` of `call_id` (the cause of its decision)."""
+    return str(uuid.uuid5(_REQUEST_EVENT_NAMESPACE, call_id))
 
 
 def _apply_policy(request: ApprovalRequest, now: datetime) -> None:
@@ -511,6 +527,7 @@ def _decision_event(request: ApprovalRequest, decision: str, *, expired: bool = 
     event = HITLDecisionMadeEvent(
         session_id=request.session_id,
         correlation_id=request.correlation_id,
+        causation_id=request_event_id(request.call_id),
         call_id=request.call_id,
         decision=decision,
         tool_name=request.tool_name,
@@ -631,6 +648,7 @@ def approval_cancel(*, call_id: str, user: User | AnonymousUser | None) -> Appro
     event = ToolApprovalCancelledEvent(
         session_id=request.session_id,
         correlation_id=request.correlation_id,
+        causation_id=request_event_id(request.call_id),
         call_id=request.call_id,
         tool_name=request.tool_name,
         source="hitl",

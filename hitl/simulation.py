@@ -9,7 +9,14 @@ session waits for the decision, stepping aside so the feed keeps moving (at most
 are pending; beyond that agents pick safe tools). The tool then runs with the decided arguments (the
 edited ones after an EDIT); a rejected, expired or cancelled call never runs, and the agent says so in
 a `tool_execution_failed` event (`error_type` ToolCallRejected / ApprovalExpired / ApprovalCancelled,
-`data.executed` false).
+`data.executed` false), then reacts as an agent should: it tells the user (a `message_added` from the
+assistant, `data.outcome` "stopped" or "other_path") and either stops the turn there or takes a path
+that needs no approval (a safe tool), never carrying on as if the call had run. Each risky tool has a
+JSON Schema (TOOL_SCHEMAS, registered with `hitl.conf.register_tool_schema` while a run lasts), so an
+edit that breaks it is refused as in real use (400 naming the argument) when the decision is made in a
+process that has them registered: this one; a server started apart (`make demo`) only when its
+settings name them in HITL_TOOL_SCHEMAS. The approval request names the tool call's
+`tool_execution_requested` as its cause, so the trace shows the request and its decision under it.
 
 Every event goes through the process-wide bus, so this process's store writes it and live feeds of any
 server process show it (they follow the store). All events of a session share one `correlation_id`, the
@@ -59,7 +66,7 @@ from events.tool_events import (
     ToolExecutionRequestedEvent,
 )
 
-from .conf import hitl_settings
+from .conf import hitl_settings, register_tool_schema, tool_schema, unregister_tool_schema
 from .services import Decision, approval_cancel, approval_request, await_decision
 
 if TYPE_CHECKING:
@@ -455,6 +462,87 @@ RESEARCH = Scenario(
 )
 
 SCENARIOS = (BILLING, DEVOPS, DATA, RESEARCH)
+
+
+def _object(properties: dict[str, Any], *required: str) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "properties": properties,
+        "required": list(required or properties),
+        "additionalProperties": False,
+    }
+
+
+_TEXT = {"type": "string", "minLength": 1, "maxLength": 2000}
+_EMAIL = {"type": "string", "pattern": "^[^@\\s]+@[^@\\s]+\\.[a-z]{2,}$", "maxLength": 254}
+_SERVICE = {"type": "string", "pattern": "^[a-z][a-z0-9-]{1,62}$"}
+
+# The JSON Schemas of the risky tools' arguments: what an operator's edit must keep (a refund within
+# the limit, a real address, a known environment, a bounded number of replicas...).
+TOOL_SCHEMAS: dict[str, dict[str, Any]] = {
+    "refund_payment": _object(
+        {
+            "payment_id": {"type": "string", "pattern": "^pi_[A-Za-z0-9]{8,40}$"},
+            "amount": {"type": "number", "exclusiveMinimum": 0, "maximum": 5000},
+            "currency": {"enum": ["USD", "EUR", "GBP"]},
+            "reason": {"enum": ["duplicate", "fraudulent", "requested_by_customer"]},
+        }
+    ),
+    "send_email": _object(
+        {"to": _EMAIL, "subject": {"type": "string", "minLength": 1, "maxLength": 200}, "body": _TEXT}
+    ),
+    "deploy_service": _object(
+        {
+            "service": _SERVICE,
+            "version": {"type": "string", "pattern": "^v\\d+\\.\\d+\\.\\d+$"},
+            "env": {"enum": ["staging", "production"]},
+            "strategy": {"enum": ["rolling", "blue_green", "canary"]},
+        }
+    ),
+    "scale_service": _object(
+        {
+            "service": _SERVICE,
+            "replicas": {"type": "integer", "minimum": 0, "maximum": 50},
+            "env": {"enum": ["staging", "production"]},
+        }
+    ),
+    "execute_command": _object({"command": _TEXT, "host": {"type": "string", "pattern": "^bastion-[0-9]+$"}}),
+    "delete_records": _object(
+        {
+            "database": {"enum": ["production", "staging"]},
+            "table": {"type": "string", "pattern": "^[a-z_][a-z0-9_]*$"},
+            "where": {"type": "string", "minLength": 3},  # never an unbounded delete
+            "estimated_rows": {"type": "integer", "minimum": 0, "maximum": 100_000},
+        },
+        "database",
+        "table",
+        "where",
+    ),
+    "run_sql": _object({"database": {"enum": ["production", "staging", "analytics"]}, "sql": _TEXT}),
+    "export_data": _object(
+        {
+            "query": {"type": "string", "pattern": "^[a-z0-9_]+$"},
+            "destination": {"type": "string", "pattern": "^s3://acme-exports/"},
+            "include_pii": {"type": "boolean"},
+        }
+    ),
+    "post_message": _object({"channel": {"type": "string", "pattern": "^#[a-z0-9_-]+$"}, "text": _TEXT}),
+}
+
+
+def register_tool_schemas() -> list[str]:
+    """Register TOOL_SCHEMAS for the simulated tools that have no schema yet (settings win); their names."""
+    registered = []
+    for name, schema in TOOL_SCHEMAS.items():
+        if tool_schema(name) is None:
+            register_tool_schema(name, schema)
+            registered.append(name)
+    return registered
+
+
+# What an agent says when a held call did not run, and what it does next.
+STOPPED_REPLY = "I did not {action}: {why}. I stopped there; tell me how you want to proceed."
+OTHER_PATH_REPLY = "I did not {action}: {why}. I took another way instead ({tool}), which needs no approval."
 MODEL_ERRORS = (
     ("RateLimitError", "429 from the model provider: rate limit reached, retry in 20 s"),
     ("ContextWindowExceededError", "prompt of 131,712 tokens exceeds the model's 128,000"),
@@ -531,7 +619,7 @@ class SimulationSummary:
     sessions: int = 0
     turns: int = 0
     events: Counter[str] = field(default_factory=Counter)
-    tools: Counter[str] = field(default_factory=Counter)  # completed, failed, not_run
+    tools: Counter[str] = field(default_factory=Counter)  # completed, failed, not_run, stopped, other_path
     approvals: Counter[str] = field(default_factory=Counter)  # requested, then one per final status
     elapsed_s: float = 0.0
 
@@ -548,7 +636,8 @@ class SimulationSummary:
             f"Summary: {self.sessions} sessions, {self.turns} turns, {total} events "
             f"in {self.elapsed_s:.1f} s ({rate:.1f}/s).",
             f"  tools: {self.tools['completed']} completed, {self.tools['failed']} failed, "
-            f"{self.tools['not_run']} not run (refused).",
+            f"{self.tools['not_run']} not run (refused: {self.tools['stopped']} stopped, "
+            f"{self.tools['other_path']} took another path).",
             f"  approvals: {self.approvals['requested']} requested" + (f": {decided}." if decided else "."),
         ]
 
@@ -643,6 +732,7 @@ class Simulation:
         started = time.monotonic()
         deadline = loop.time() + self.options.duration if self.options.duration else None
         self._user = await self._db(simulation_user_ensure)
+        registered = register_tool_schemas()  # for this run: forgotten at its end
         spawner: asyncio.Future[None] = asyncio.ensure_future(self._spawn())
         try:
             while not self._stop.is_set():
@@ -667,6 +757,8 @@ class Simulation:
             await asyncio.gather(*everything, return_exceptions=True)
             await self._withdraw_pending()
             await event_bus.drain(timeout=10)
+            for name in registered:
+                unregister_tool_schema(name)
             self.summary.elapsed_s = time.monotonic() - started
         if self._error is not None:
             raise self._error
@@ -827,11 +919,16 @@ class Simulation:
         begun = time.monotonic()
         started = await self._emit(session, self._agent_started(session, scenario.agent, prompt))
         success = True
+        refusal: str | None = None  # what the agent told the user after a call was not approved
         for _ in range(rng.choice((1, 1, 2, 2, 3))):
             risky = rng.random() < self.options.approval_share and self._may_ask()
             tool = rng.choice(scenario.risky if risky else scenario.tools)
-            if not await self._call_tool(session, scenario, tool, cause=started.event_id):
+            outcome = await self._call_tool(session, scenario, tool, cause=started.event_id)
+            if outcome is False:
                 success = False
+            elif isinstance(outcome, str):
+                refusal = outcome
+                break  # the agent does not carry on with the plan a person refused
         if rng.random() < self.options.failure_share / 3:
             error_type, message = rng.choice(MODEL_ERRORS)
             await self._emit(
@@ -849,11 +946,12 @@ class Simulation:
         done = await self._emit(
             session, self._agent_completed(session, scenario.agent, begun, success), cause=started.event_id
         )
-        reply = (
-            rng.choice(scenario.replies)
-            if success
-            else "Sorry, I could not finish that; details are in the log."
-        )
+        if refusal is not None:
+            reply = refusal
+        elif success:
+            reply = rng.choice(scenario.replies)
+        else:
+            reply = "Sorry, I could not finish that; details are in the log."
         await self._emit(
             session,
             MessageAddedEvent(
@@ -884,8 +982,11 @@ class Simulation:
 
     # Tools
 
-    async def _call_tool(self, session: _Session, scenario: Scenario, tool: Tool, *, cause: str) -> bool:
-        """Request one tool call, hold it for approval if risky, run it or not; False if it failed."""
+    async def _call_tool(
+        self, session: _Session, scenario: Scenario, tool: Tool, *, cause: str
+    ) -> bool | str:
+        """Request one tool call, hold it for approval if risky, run it or not: False if it failed,
+        True if it ran, or what the agent told the user when the call was not approved (see _refused)."""
         rng = session.rng
         arguments = tool.arguments(rng, session.context)
         call_id = f"call_{uuid.uuid4().hex[:24]}"
@@ -902,7 +1003,9 @@ class Simulation:
             cause=cause,
         )
         if tool.reason is not None:
-            decision = await self._hold(session, scenario, tool, call_id, arguments)
+            decision = await self._hold(
+                session, scenario, tool, call_id, arguments, causation_id=requested.event_id
+            )
             if not decision.approved:
                 error_type, message = NOT_RUN.get(decision.status, ("ToolCallRejected", decision.status))
                 if decision.comment:
@@ -922,9 +1025,53 @@ class Simulation:
                     cause=requested.event_id,
                 )
                 self.summary.tools["not_run"] += 1
-                return True  # the agent handled the refusal; not a failure of the turn
-            arguments = decision.arguments
+                return await self._refused(session, scenario, tool, decision, message)
+            arguments = decision.arguments  # the edited ones after an EDIT
         return await self._run_tool(session, scenario, tool, call_id, arguments, cause=requested.event_id)
+
+    async def _refused(
+        self, session: _Session, scenario: Scenario, tool: Tool, decision: Decision, why: str
+    ) -> str:
+        """The agent's reaction to a call that was not approved: it tells the user, then either stops
+        the turn or takes a path that needs no approval (a safe tool); returns what it told the user."""
+        rng = session.rng
+        action = tool.name.replace("_", " ")
+        alternative = rng.choice(scenario.tools) if scenario.tools and rng.random() < 0.5 else None
+        if alternative is None:
+            text, outcome = STOPPED_REPLY.format(action=action, why=why), "stopped"
+        else:
+            text = OTHER_PATH_REPLY.format(action=action, why=why, tool=alternative.name)
+            outcome = "other_path"
+        told = await self._emit(
+            session,
+            MessageAddedEvent(
+                session_id=session.session_id,
+                role="assistant",
+                content_length=len(text),
+                agent_name=scenario.agent,
+                source="simulator.chat",
+                data={"outcome": outcome, "call_id": decision.call_id, "approval_status": decision.status},
+            ),
+        )
+        self.summary.tools[outcome] += 1
+        self.out(f"[{session.session_id}] {scenario.agent}: {text}")
+        if alternative is not None:
+            call_id = f"call_{uuid.uuid4().hex[:24]}"
+            arguments = alternative.arguments(rng, session.context)
+            requested = await self._emit(
+                session,
+                ToolExecutionRequestedEvent(
+                    session_id=session.session_id,
+                    tool_name=alternative.name,
+                    arguments=arguments,
+                    call_id=call_id,
+                    agent=scenario.agent,
+                    source="simulator.tool_executor",
+                ),
+                cause=told.event_id,
+            )
+            await self._run_tool(session, scenario, alternative, call_id, arguments, cause=requested.event_id)
+        return text
 
     async def _run_tool(
         self, session: _Session, scenario: Scenario, tool: Tool, call_id: str, arguments: Args, *, cause: str
@@ -983,9 +1130,17 @@ class Simulation:
         return not full
 
     async def _hold(
-        self, session: _Session, scenario: Scenario, tool: Tool, call_id: str, arguments: Args
+        self,
+        session: _Session,
+        scenario: Scenario,
+        tool: Tool,
+        call_id: str,
+        arguments: Args,
+        *,
+        causation_id: str | None = None,
     ) -> Decision:
-        """Ask for approval and wait for the decision; the session waits, the others go on."""
+        """Ask for approval (caused by the call's `tool_execution_requested`) and wait for the decision;
+        the session waits, the others go on."""
         assert tool.reason is not None
         if self._stop.is_set():
             raise _Stopped
@@ -1000,6 +1155,7 @@ class Simulation:
             reason=tool.reason(arguments),
             agent=scenario.agent,
             correlation_id=session.correlation_id,
+            causation_id=causation_id,
             timeout_s=self.options.approval_timeout,
             requested_by=self._user,
         )

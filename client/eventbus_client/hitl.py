@@ -253,6 +253,7 @@ class HITLClient:
         timeout_s: float | None = None,
         on_expire: str | None = None,
         correlation_id: str | None = None,
+        causation_id: str | None = None,
     ) -> ApprovalDecision:
         """Ask for approval of one tool call and wait for the decision (see `request_approval_sync`)."""
         flow = self._approval_flow(
@@ -266,6 +267,7 @@ class HITLClient:
                 timeout_s=timeout_s,
                 on_expire=on_expire,
                 correlation_id=correlation_id,
+                causation_id=causation_id,
             )
         )
         return await self._drive_async(flow)
@@ -305,6 +307,7 @@ class HITLClient:
         timeout_s: float | None = None,
         on_expire: str | None = None,
         correlation_id: str | None = None,
+        causation_id: str | None = None,
     ) -> ApprovalDecision:
         """Ask for approval of one tool call and block until it is decided.
 
@@ -316,6 +319,10 @@ class HITLClient:
         `.approved`); raises `HITLError` when the server refuses the request (4xx), `HITLUnavailable`
         when it stays unreachable, `ApprovalTimeout` when no decision came by the expiry plus
         `expiry_grace`, and `TypeError` before any request when the arguments are not JSON.
+
+        `causation_id` is the event id of the `tool_execution_requested` the agent published for this
+        call (with its `correlation_id`): the server stores the request, and its decision, as that
+        event's children, so the call's trace shows who held it and for how long.
         """
         flow = self._approval_flow(
             _request_body(
@@ -328,6 +335,7 @@ class HITLClient:
                 timeout_s=timeout_s,
                 on_expire=on_expire,
                 correlation_id=correlation_id,
+                causation_id=causation_id,
             )
         )
         return self._drive_sync(flow)
@@ -543,6 +551,7 @@ def _request_body(
     timeout_s: float | None,
     on_expire: str | None,
     correlation_id: str | None,
+    causation_id: str | None = None,
 ) -> dict[str, Any]:
     if not isinstance(tool_name, str) or not tool_name:
         raise ValueError("tool_name must be a non-empty string")
@@ -572,6 +581,8 @@ def _request_body(
         body["on_expire"] = on_expire
     if correlation_id is not None:
         body["correlation_id"] = correlation_id
+    if causation_id is not None:
+        body["causation_id"] = causation_id
     return body
 
 
@@ -689,6 +700,7 @@ def require_approval(
     on_expire: str | None = None,
     correlation_id: str | Callable[[], str | None] | None = None,
     call_id: Callable[[], str | None] | None = None,
+    causation_id: Callable[[], str | None] | None = None,
     exclude: Iterable[str] = (),
 ) -> Callable[[F], F]:
     """Run the wrapped tool (sync or async) only once a person approves the call.
@@ -697,8 +709,10 @@ def require_approval(
     function runs with the arguments it was called with; edited: with the operator's arguments, as
     keyword arguments; rejected, expired with on_expire="reject", or cancelled: it never runs and
     `ApprovalRejected` is raised. `session_id` (and `correlation_id`, `call_id`) may be callables,
-    asked on every call; `exclude` names parameters (a context object, `self`) that are neither sent
-    nor editable. Arguments that JSON cannot carry raise TypeError before the server is contacted.
+    asked on every call, as `causation_id` is (it returns the id of the `tool_execution_requested` the
+    runtime published for this call, or None); `exclude` names parameters (a context object, `self`)
+    that are neither sent nor editable. Arguments that JSON cannot carry raise TypeError before the
+    server is contacted.
     """
     excluded = frozenset(exclude)
 
@@ -724,6 +738,7 @@ def require_approval(
                 "timeout_s": timeout_s,
                 "on_expire": on_expire,
                 "correlation_id": _value(correlation_id),
+                "causation_id": _value(causation_id),
             }
 
         def call_with(

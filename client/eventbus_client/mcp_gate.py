@@ -388,7 +388,7 @@ class Gate:
         progress = _Progress(ctx)
         try:
             if await self.is_gated(name):
-                outcome = await self._approval(ctx, progress, name, arguments, call_id)
+                outcome = await self._approval(ctx, progress, name, arguments, call_id, requested)
                 refusal = self._refusal(name, call_id, outcome)
                 if refusal is not None:
                     text, error_type = refusal
@@ -433,8 +433,12 @@ class Gate:
         name: str,
         arguments: dict[str, Any],
         call_id: str,
+        requested: str,
     ) -> _Outcome:
-        """Ask for approval and wait, sending progress; an abandoned call withdraws its request."""
+        """Ask for approval and wait, sending progress; an abandoned call withdraws its request.
+
+        The request names the call's `tool_execution_requested` (`requested`) as its cause, in the
+        call's correlation: the trace shows the approval, and the decision, under the tool call."""
         import anyio
 
         outcome = _Outcome()
@@ -452,6 +456,8 @@ class Gate:
                         call_id=call_id,
                         agent=self.config.agent,
                         timeout_s=self.config.timeout_s,
+                        correlation_id=call_id,
+                        causation_id=requested,
                     )
                 except (HITLError, TypeError, ValueError) as error:
                     outcome.error = error

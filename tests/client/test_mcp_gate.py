@@ -256,6 +256,16 @@ async def test_approved_call_runs_upstream(app: App, tmp_path: Path) -> None:
         "tool_execution_requested",
         "tool_execution_completed",
     ]
+    # The request and its decision hang under the call's tool_execution_requested, in its trace.
+    (requested,) = [e for e in events if e["event_type"] == "tool_execution_requested"]
+    assert request["correlation_id"] == requested["correlation_id"] == request["call_id"]
+    status, body = await app.api(
+        "GET", f"/api/events/?correlation_id={request['call_id']}&event_category=hitl", app.auditor
+    )
+    assert status == 200, body
+    by_type = {e["event_type"]: e for e in body["results"]}
+    assert by_type["tool_approval_required"]["causation_id"] == requested["event_id"]
+    assert by_type["hitl_decision_made"]["causation_id"] == by_type["tool_approval_required"]["event_id"]
 
 
 async def test_edited_call_runs_with_the_operators_arguments(app: App, tmp_path: Path) -> None:

@@ -249,6 +249,7 @@ async def test_long_polls_until_decided_and_sends_what_it_was_given():
         timeout_s=120,
         on_expire="approve",
         correlation_id="trace-1",
+        causation_id="6b4b1f0e-53e6-4c6b-9a3f-2f1d8c0e7a11",
     )
     polls = [r for r in server.seen if r.method == "GET"]
     assert len(polls) == 3
@@ -263,6 +264,7 @@ async def test_long_polls_until_decided_and_sends_what_it_was_given():
         "timeout_s": 120,
         "on_expire": "approve",
         "correlation_id": "trace-1",
+        "causation_id": "6b4b1f0e-53e6-4c6b-9a3f-2f1d8c0e7a11",
     }
     assert decision.status == "edited" and decision.approved and decision.edited
     assert decision.arguments == {"path": "b.py"} and decision.proposed_arguments == {"path": "a.py"}
@@ -490,6 +492,20 @@ async def test_session_and_call_ids_may_be_asked_on_every_call():
         ("s-1", "call-a"),
         ("s-2", "call-b"),
     ]
+
+
+async def test_the_runtimes_tool_execution_requested_is_sent_as_the_cause_of_each_call():
+    server = FakeServer(decision=APPROVE)
+    causes = iter(["0b5a6e0c-1d1e-4f35-8a0e-7c2b9b3c6d01", None])
+
+    @require_approval(server.client(), session_id="s-1", causation_id=lambda: next(causes))
+    async def search(query: str) -> str:
+        return query
+
+    assert [await search("x"), await search("y")] == ["x", "y"]
+    first, second = server.posted()
+    assert first["causation_id"] == "0b5a6e0c-1d1e-4f35-8a0e-7c2b9b3c6d01"
+    assert "causation_id" not in second  # none given: none sent
 
 
 async def test_variadic_and_excluded_parameters():

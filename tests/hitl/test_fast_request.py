@@ -200,12 +200,51 @@ async def test_a_call_id_used_for_another_call_is_the_same_409(tokens, fast_answ
         (json.dumps(asking("bad-args", arguments="ls")).encode(), "invalid"),
         (json.dumps(asking("bad-timeout", timeout_s=-1)).encode(), "invalid"),
         (json.dumps(asking("nul\u0000")).encode(), "invalid"),
+        (json.dumps(asking("bad-cause", causation_id="not-an-id")).encode(), "invalid"),
+        (json.dumps(asking("number-cause", causation_id=5)).encode(), "invalid"),
     ],
-    ids=["not JSON", "key twice", "a list", "a string", "deep", "missing", "slash", "args", "timeout", "NUL"],
+    ids=[
+        "not JSON",
+        "key twice",
+        "a list",
+        "a string",
+        "deep",
+        "missing",
+        "slash",
+        "args",
+        "timeout",
+        "NUL",
+        "causation",
+        "causation number",
+    ],
 )
 async def test_bad_bodies_are_the_same_400(tokens, fast_answers, body, code):
     fast, slow = await both(body, tokens["agent"], fast_answers)
     same_error(fast, slow, 400, code)
+
+
+async def test_a_malformed_causation_id_is_a_400_naming_it_from_both(tokens, fast_answers):
+    fast, slow = await both(
+        json.dumps(asking("cause-x", causation_id="12345")).encode(), tokens["agent"], fast_answers
+    )
+    same_error(fast, slow, 400, "invalid")
+    assert [error["field"] for error in fast.json()["errors"]] == ["causation_id"]
+
+
+async def test_a_causation_id_is_the_cause_of_the_stored_request_from_both(tokens, fast_answers):
+    cause = uuid.uuid4()
+    for call_id, send in (("cause-fast", through_asgi), ("cause-slow", through_django)):
+        body = json.dumps(asking(call_id, causation_id=str(cause).upper())).encode()
+        response = await send(body, bearer(tokens["agent"]))
+        assert response.status_code == 201, response.content[:300]
+
+    def causes() -> dict[str, str | None]:
+        return {
+            e.data["call_id"]: e.causation_id
+            for e in StoredEvent.objects.filter(event_type="tool_approval_required")
+        }
+
+    assert await database_sync_to_async(causes)() == {"cause-fast": str(cause), "cause-slow": str(cause)}
 
 
 async def test_permissions_are_the_same_403_whatever_the_body(tokens, fast_answers):

@@ -11,17 +11,37 @@ from django.core.management import CommandError, call_command
 from django.utils import timezone
 
 from accounts.services import api_token_issue
+from core.errors import ApplicationError
 from events.base import BaseEvent
 from events.event_bus import event_bus
 from events.event_store import event_store
 from events.models import StoredEvent
+from hitl.conf import tool_schema
 from hitl.models import ApprovalRequest
 from hitl.selectors import pending_approvals
 from hitl.services import approval_decide
-from hitl.simulation import SCENARIOS, SIMULATION_USER, Simulation, SimulationOptions
+from hitl.simulation import SCENARIOS, SIMULATION_USER, TOOL_SCHEMAS, Simulation, SimulationOptions
 
 RISKY_TOOLS = {tool.name for scenario in SCENARIOS for tool in scenario.risky}
 AGENTS = {scenario.agent for scenario in SCENARIOS}
+
+
+# An edit of each risky tool that its schema (hitl.simulation.TOOL_SCHEMAS) takes.
+VALID_EDITS: dict[str, dict[str, Any]] = {
+    "refund_payment": {"amount": 1.5},
+    "send_email": {"subject": "Checked with the customer first"},
+    "deploy_service": {"env": "staging"},
+    "scale_service": {"replicas": 2},
+    "execute_command": {"host": "bastion-2"},
+    "delete_records": {"where": "id = 1"},
+    "run_sql": {"database": "staging"},
+    "export_data": {"include_pii": False},
+    "post_message": {"channel": "#general"},
+}
+
+
+def valid_edit(tool_name: str, arguments: dict[str, Any]) -> dict[str, Any]:
+    return {**arguments, **VALID_EDITS[tool_name]}
 
 
 def stored(event_type: str | None = None, **data: Any) -> list[BaseEvent]:
@@ -157,7 +177,7 @@ async def test_an_edited_call_runs_with_the_edited_arguments_and_a_rejected_one_
     simulation, run, lines = await start(sessions=2, approval_share=1.0, max_waiting=2)
     operator = (await database_sync_to_async(api_token_issue)(username="olga", group="operators")).user
     first, second = (await wait_for(lambda: len(pending_approvals()) >= 2 and pending_approvals()))[:2]
-    edited = {**first["arguments"], "note": "checked with the customer first"}
+    edited = valid_edit(first["tool_name"], first["arguments"])
     decide = database_sync_to_async(approval_decide)
     await decide(call_id=first["call_id"], user=operator, decision="EDIT", modified_args=edited)
     await decide(call_id=second["call_id"], user=operator, decision="REJECT", comment="not on a Friday")
@@ -225,3 +245,57 @@ async def test_once_ends_after_its_sessions_without_approvals():
     assert len(created) == 2
     answers = await database_sync_to_async(stored)("message_added")
     assert {e.data["role"] for e in answers} == {"user", "assistant"}
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_every_risky_tool_has_a_schema_its_own_calls_satisfy():
+    assert set(TOOL_SCHEMAS) == RISKY_TOOLS == set(VALID_EDITS)
+    simulation, run, lines = await start(sessions=1, approval_share=1.0, max_waiting=1)
+    (request,) = await wait_for(pending_approvals)
+    assert all(tool_schema(name) == TOOL_SCHEMAS[name] for name in RISKY_TOOLS)  # registered by the run
+    simulation.stop()
+    await asyncio.wait_for(run, 10)
+    assert all(tool_schema(name) is None for name in RISKY_TOOLS)  # and only while it runs
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_an_edit_the_schema_refuses_is_a_400_and_a_rejection_is_answered_not_ignored():
+    simulation, run, lines = await start(sessions=1, approval_share=1.0, max_waiting=1)
+    operator = (await database_sync_to_async(api_token_issue)(username="olga", group="operators")).user
+    (request,) = await wait_for(pending_approvals)
+    decide = database_sync_to_async(approval_decide)
+    broken = {**request["arguments"], "unexpected": "x"}
+    with pytest.raises(ApplicationError) as refused_edit:
+        await decide(call_id=request["call_id"], user=operator, decision="EDIT", modified_args=broken)
+    assert refused_edit.value.status == 400
+    assert (await database_sync_to_async(pending_approvals)())[0]["call_id"] == request["call_id"]
+
+    await decide(call_id=request["call_id"], user=operator, decision="REJECT", comment="too risky")
+    failed = await wait_for(lambda: tool_outcome("tool_execution_failed", request["call_id"]))
+    told = await wait_for(lambda: stored("message_added", call_id=request["call_id"]))
+    alternatives: list[BaseEvent] = []
+    if told[0].data["outcome"] == "other_path":
+        alternatives = await wait_for(
+            lambda: [e for e in stored("tool_execution_requested") if e.causation_id == told[0].event_id]
+        )
+    simulation.stop()
+    summary = await asyncio.wait_for(run, 10)
+    await event_store.flush()
+
+    # The agent tells the user it stopped or took a path that needs no approval, after the refusal.
+    (message,) = told
+    assert message.data["role"] == "assistant" and message.data["approval_status"] == "rejected"
+    assert message.data["outcome"] in ("stopped", "other_path")
+    assert message.causation_id == failed.event_id
+    assert summary.tools["stopped"] + summary.tools["other_path"] == 1
+    assert any("I did not" in line and "too risky" in line for line in lines)
+    if message.data["outcome"] == "other_path":
+        (alternative,) = alternatives
+        assert alternative.data["tool_name"] not in RISKY_TOOLS
+
+    # The request hangs under the tool call it gates, the decision under the request.
+    (asked,) = await database_sync_to_async(stored)("tool_execution_requested", call_id=request["call_id"])
+    (required,) = await database_sync_to_async(stored)("tool_approval_required", call_id=request["call_id"])
+    (decided,) = await database_sync_to_async(stored)("hitl_decision_made", call_id=request["call_id"])
+    assert required.causation_id == asked.event_id and decided.causation_id == required.event_id
+    assert asked.correlation_id == required.correlation_id == decided.correlation_id
