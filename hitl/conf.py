@@ -1,6 +1,7 @@
 """The hitl app's settings, read through one accessor."""
 
 from dataclasses import dataclass
+from fnmatch import fnmatchcase
 from typing import Any
 
 from django.conf import settings
@@ -14,6 +15,8 @@ class HitlSettings:
     sweep_interval_s: float
     recheck_interval_s: float
     max_arguments_bytes: int = 64 * 1024
+    # HITL_TOOL_RISK as (tool name or glob, level) pairs, in the setting's order.
+    tool_risk: tuple[tuple[str, str], ...] = ()
 
 
 def _positive(name: str, value: Any) -> float:
@@ -38,7 +41,51 @@ def hitl_settings() -> HitlSettings:
         max_arguments_bytes=int(
             _positive("HITL_MAX_ARGUMENTS_BYTES", getattr(settings, "HITL_MAX_ARGUMENTS_BYTES", 64 * 1024))
         ),
+        tool_risk=parse_tool_risk(getattr(settings, "HITL_TOOL_RISK", None)),
     )
+
+
+RISK_LEVELS = ("low", "medium", "high")
+MAX_RISK_PATTERN = 255
+
+
+def parse_tool_risk(value: Any) -> tuple[tuple[str, str], ...]:
+    """HITL_TOOL_RISK (a dict: tool name or glob -> "low" | "medium" | "high") as ordered pairs; else
+    ImproperlyConfigured naming the entry that is wrong."""
+    if value is None:
+        return ()
+    if not isinstance(value, dict):
+        raise ImproperlyConfigured(
+            f'HITL_TOOL_RISK must be a dict of tool name or glob to "low", "medium" or "high", '
+            f"not {type(value).__name__}"
+        )
+    pairs = []
+    for pattern, level in value.items():
+        if not isinstance(pattern, str) or not pattern.strip() or len(pattern) > MAX_RISK_PATTERN:
+            raise ImproperlyConfigured(
+                f"HITL_TOOL_RISK: {pattern!r} is not a tool name or glob (a non-empty string of at most "
+                f"{MAX_RISK_PATTERN} characters)"
+            )
+        if level not in RISK_LEVELS:
+            raise ImproperlyConfigured(
+                f'HITL_TOOL_RISK[{pattern!r}] must be "low", "medium" or "high", not {level!r}'
+            )
+        pairs.append((pattern, str(level)))
+    return tuple(pairs)
+
+
+def tool_risk(tool_name: str, rules: tuple[tuple[str, str], ...] | None = None) -> str | None:
+    """A tool's risk level by HITL_TOOL_RISK: its own name's entry, else the first glob (in the
+    setting's order) that matches it; None when no entry names it. The approval page's JS does the same."""
+    if rules is None:
+        rules = hitl_settings().tool_risk
+    for pattern, level in rules:
+        if pattern == tool_name:
+            return level
+    for pattern, level in rules:
+        if fnmatchcase(tool_name, pattern):
+            return level
+    return None
 
 
 _registered: dict[str, dict[str, Any]] = {}

@@ -16,12 +16,22 @@ row's status alone:
 - no row with that call_id: nothing.
 
 So an event forged in the lifecycle's name can at most repeat what the rows already say.
+
+Presence (hitl.presence): a client says which requests it has open with `{"action": "viewing",
+"call_ids": [...]}`; every connection then gets `{"type": "presence", "call_id", "viewers": [usernames]}`
+whenever the people who have that request open change (and, on connecting, for every request someone has
+open). It travels over the channel layer's group, on a receive loop of its own: when the layer (Redis)
+is away, presence pauses and retries while the queue itself carries on.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import uuid
 from typing import Any
+
+from channels.layers import get_channel_layer
 
 from core.async_views import off_shared_thread
 from core.errors import ApplicationError
@@ -31,6 +41,7 @@ from events.consumers import LiveConsumer
 from events.event_types import EventType
 from events.live import Listener, live_feed
 
+from . import presence
 from .inputs import decision_input
 from .models import ApprovalStatus, DecisionChannel
 from .selectors import VIEW_PERMISSION, approval_as_dict, approvals_by_call_id, pending_approvals
@@ -97,10 +108,27 @@ class ApprovalQueueConsumer(LiveConsumer):
     """Operators' live queue: a snapshot of what is pending, then every change; and the decide action."""
 
     permission = VIEW_PERMISSION
-    actions = ("ping", "decide")
+    actions = ("ping", "decide", "viewing")
 
     async def start(self) -> None:
+        self.presence_key = uuid.uuid4().hex
+        self.presence_seq = 0
+        self.presence_channel: str | None = None
+        self.viewing: frozenset[str] = frozenset()
+        self.told: dict[str, list[str]] = {}
+        self.viewer = await off_shared_thread(_username)(self.scope["user"])
         self.run_stream(self.stream())
+        self.presence_task: asyncio.Task[None] | None = asyncio.get_running_loop().create_task(
+            self.presence_loop()
+        )
+
+    async def disconnect(self, code: int) -> None:
+        await self.leave_presence()
+        await super().disconnect(code)
+
+    async def revoke(self, detail: str) -> None:
+        await self.leave_presence()
+        await super().revoke(detail)
 
     async def send_snapshot(self) -> None:
         pending = await off_shared_thread(pending_approvals)()
@@ -151,6 +179,10 @@ class ApprovalQueueConsumer(LiveConsumer):
             await self.send_error("server_error", "the server could not handle this message; try again")
 
     async def act(self, action: str, message: dict[str, Any]) -> None:
+        if action == "viewing":
+            self.viewing = frozenset(check_viewing(message))
+            await self.announce()
+            return
         if action == "decide":
             try:
                 await self.decide(message)
@@ -173,6 +205,145 @@ class ApprovalQueueConsumer(LiveConsumer):
             await self.send_error(error.code, error.message, call_id=call_id, **error.extra)
             return
         await self.send_json({"type": "decided", "call_id": call_id, "request": request})
+
+    # Presence
+
+    async def presence_loop(self) -> None:
+        """Tell the client who has what open now, then follow the group (rejoining after a failure)."""
+        await self.tell(presence.board.watched())
+        refresher = asyncio.get_running_loop().create_task(self.refresh_presence())
+        try:
+            layer = get_channel_layer()
+            if layer is None:
+                await refresher
+                return
+            delay = 1.0
+            while True:
+                try:
+                    channel = await layer.new_channel()
+                    await layer.group_add(presence.PRESENCE_GROUP, channel)
+                    self.presence_channel = channel
+                    if self.viewing:
+                        await self.announce()  # rejoined: say again what is open here
+                    delay = 1.0
+                    while True:
+                        await self.presence_heard(await layer.receive(channel))
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    logger.warning("/ws/hitl/: presence lost the channel layer; retrying", exc_info=True)
+                    self.presence_channel = None
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 30.0)
+        finally:
+            refresher.cancel()
+
+    async def refresh_presence(self) -> None:
+        """Repeat this connection's report (others forget silent ones) and drop the stale."""
+        while True:
+            await asyncio.sleep(presence.REFRESH_S)
+            if self.viewing:
+                await self.announce()
+            presence.board.prune()
+            await self.tell(set(self.told))
+
+    async def announce(self) -> None:
+        """Record what this connection has open, here and (over the layer) in every process."""
+        self.presence_seq += 1
+        report = {
+            "type": "presence.report",
+            "key": self.presence_key,
+            "username": self.viewer,
+            "call_ids": sorted(self.viewing),
+            "seq": self.presence_seq,
+        }
+        touched = presence.board.apply(
+            key=self.presence_key, username=self.viewer, call_ids=self.viewing, seq=self.presence_seq
+        )
+        await self.tell(touched)
+        await _group_send(report)
+
+    async def presence_heard(self, message: dict[str, Any]) -> None:
+        """A report from the group (maybe this connection's own, or one already applied here)."""
+        if message.get("type") != "presence.report":
+            return
+        call_ids = [c for c in message.get("call_ids") or [] if isinstance(c, str)][: presence.MAX_VIEWING]
+        key, username, seq = message.get("key"), message.get("username"), message.get("seq")
+        if not isinstance(key, str) or not isinstance(username, str) or not isinstance(seq, int):
+            return
+        presence.board.apply(key=key, username=username, call_ids=call_ids, seq=seq)
+        # The board is shared by this process's connections: whoever applied first saw the change, so
+        # each compares with what it told its own client instead.
+        await self.tell(set(call_ids) | set(self.told))
+
+    async def tell(self, call_ids: Any) -> None:
+        """Send the client the viewers of each of these requests that changed since it was last told."""
+        for call_id in sorted(call_ids):
+            viewers = presence.board.viewers(call_id)
+            if viewers == self.told.get(call_id, []):
+                continue
+            if viewers:
+                self.told[call_id] = viewers
+            else:
+                self.told.pop(call_id, None)
+            await self.send_json({"type": "presence", "call_id": call_id, "viewers": viewers})
+
+    async def leave_presence(self) -> None:
+        """The socket closes: stop following, and tell everyone this viewer has nothing open any more."""
+        task = getattr(self, "presence_task", None)
+        if task is None:
+            return
+        self.presence_task = None
+        task.cancel()
+        try:
+            await task
+        except (asyncio.CancelledError, Exception):
+            pass
+        self.presence_seq += 1
+        presence.board.apply(key=self.presence_key, username=self.viewer, call_ids=[], seq=self.presence_seq)
+        report = {
+            "type": "presence.report",
+            "key": self.presence_key,
+            "username": self.viewer,
+            "call_ids": [],
+            "seq": self.presence_seq,
+        }
+        await _group_send(report)
+        layer = get_channel_layer()
+        if layer is not None and self.presence_channel is not None:
+            try:
+                leaving = layer.group_discard(presence.PRESENCE_GROUP, self.presence_channel)
+                await asyncio.wait_for(leaving, 2.0)
+            except Exception:
+                logger.warning("/ws/hitl/: could not leave the presence group", exc_info=True)
+
+
+def _username(user: Any) -> str:
+    return str(user.get_username())
+
+
+async def _group_send(report: dict[str, Any]) -> None:
+    layer = get_channel_layer()
+    if layer is None:
+        return
+    try:
+        await asyncio.wait_for(layer.group_send(presence.PRESENCE_GROUP, report), 2.0)
+    except Exception:
+        # Presence is a courtesy: the other processes catch up with the next refresh.
+        logger.warning("/ws/hitl/: could not share presence over the channel layer", exc_info=True)
+
+
+def check_viewing(message: dict[str, Any]) -> list[str]:
+    """The call_ids of a viewing frame: a list of at most MAX_VIEWING call ids (400 naming the field)."""
+    call_ids = message.get("call_ids")
+    if not isinstance(call_ids, list):
+        raise invalid("call_ids", "must be a list of call ids (empty: nothing open)")
+    if len(call_ids) > presence.MAX_VIEWING:
+        raise invalid("call_ids", f"at most {presence.MAX_VIEWING} call ids at once, not {len(call_ids)}")
+    return [
+        check_text(call_id, f"call_ids[{index}]", max_length=MAX_CALL_ID, required=True)
+        for index, call_id in enumerate(call_ids)
+    ]
 
 
 def _error_extra(message: dict[str, Any], error: ApplicationError) -> dict[str, Any]:
