@@ -32,7 +32,8 @@ demo: $(STAMP)
 	@$(PY) -c 'import socket; socket.create_server(("$(HOST)", $(PORT))).close()' 2>/dev/null \
 		|| { echo "$(HOST):$(PORT) is in use (make run already running?); try PORT=8001 make demo"; exit 1; }; \
 	log="$${VAR_DIR:-var}/demo-server.log"; mkdir -p "$$(dirname "$$log")"; \
-	$(VENV)/bin/daphne -b $(HOST) -p $(PORT) eventbus_project.asgi:application >"$$log" 2>&1 & server=$$!; \
+	schemas="$${VAR_DIR:-var}/demo-tool-schemas.json"; $(PY) manage.py simulate_agents --write-schemas "$$schemas" >/dev/null; \
+	HITL_TOOL_SCHEMAS_FILE="$$schemas" $(VENV)/bin/daphne -b $(HOST) -p $(PORT) eventbus_project.asgi:application >"$$log" 2>&1 & server=$$!; \
 	trap 'kill $$server 2>/dev/null; wait $$server 2>/dev/null' EXIT; trap 'exit 130' INT TERM; \
 	up=; for i in $$(seq 1 100); do \
 		kill -0 $$server 2>/dev/null || break; \

@@ -40,6 +40,7 @@ AXES_COOLOFF_MINUTES how long the lock-out lasts, counted from the failure that 
 """
 
 import ipaddress
+import json
 import os
 import secrets
 from datetime import timedelta
@@ -321,7 +322,29 @@ HITL_MAX_PENDING_PER_AGENT = int(env_number("HITL_MAX_PENDING_PER_AGENT", 100, m
 # With on_expire "approve", the deadline must leave at least this long for someone to look.
 HITL_MIN_AUTO_APPROVE_S = env_number("HITL_MIN_AUTO_APPROVE_S", 10, minimum=0)
 # JSON Schemas of tools' arguments, checked when an operator edits them: {"tool_name": {...schema...}}.
+# HITL_TOOL_SCHEMAS_FILE names a JSON file of that shape (`make demo` writes the simulator's there).
 HITL_TOOL_SCHEMAS: dict[str, Any] = {}
+
+
+def _tool_schemas_file(path: str) -> dict[str, Any]:
+    try:
+        with open(path, encoding="utf-8") as file:
+            schemas = json.load(file)
+    except (OSError, ValueError) as error:
+        raise ImproperlyConfigured(
+            f"HITL_TOOL_SCHEMAS_FILE={path!r} could not be read as JSON: {error}"
+        ) from None
+    if not isinstance(schemas, dict) or not all(
+        isinstance(name, str) and isinstance(schema, dict) for name, schema in schemas.items()
+    ):
+        raise ImproperlyConfigured(
+            f"HITL_TOOL_SCHEMAS_FILE={path!r} must hold one JSON object: tool name -> its JSON Schema"
+        )
+    return schemas
+
+
+if os.environ.get("HITL_TOOL_SCHEMAS_FILE"):
+    HITL_TOOL_SCHEMAS = _tool_schemas_file(os.environ["HITL_TOOL_SCHEMAS_FILE"])
 # The largest `arguments` (and `modified_args`) an approval request takes, in bytes of compact JSON.
 HITL_MAX_ARGUMENTS_BYTES = int(env_number("HITL_MAX_ARGUMENTS_BYTES", 64 * 1024, minimum=2))
 

@@ -1,7 +1,9 @@
 """Publish realistic agent sessions, approval requests included, so a demo's feed and queue fill."""
 
 import asyncio
+import json
 import signal
+from pathlib import Path
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
@@ -10,7 +12,7 @@ from django.db import DatabaseError
 from core.errors import ApplicationError
 from events.apps import start_distributed_bus
 from events.event_bus import event_bus
-from hitl.simulation import Simulation, SimulationOptions, SimulationSummary
+from hitl.simulation import TOOL_SCHEMAS, Simulation, SimulationOptions, SimulationSummary
 
 DEFAULTS = SimulationOptions()
 
@@ -69,8 +71,16 @@ class Command(BaseCommand):
         parser.add_argument(
             "--once", action="store_true", help="start --sessions sessions, then stop when they have ended"
         )
+        parser.add_argument(
+            "--write-schemas",
+            metavar="FILE",
+            help="write the simulated tools' JSON Schemas to FILE (for HITL_TOOL_SCHEMAS_FILE), then stop",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
+        if options["write_schemas"]:
+            self._write_schemas(options["write_schemas"])
+            return
         settings = SimulationOptions(
             sessions=options["sessions"],
             rate=options["rate"],
@@ -102,6 +112,14 @@ class Command(BaseCommand):
             raise CommandError(error.message) from error
         for line in summary.lines():
             self._say(line)
+
+    def _write_schemas(self, path: str) -> None:
+        try:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            Path(path).write_text(json.dumps(TOOL_SCHEMAS, indent=2) + "\n", encoding="utf-8")
+        except OSError as error:
+            raise CommandError(f"could not write {path}: {error}") from None
+        self._say(f"Wrote the JSON Schemas of {len(TOOL_SCHEMAS)} simulated tools to {path}.")
 
     def _say(self, line: str) -> None:
         self.stdout.write(line)
