@@ -143,14 +143,17 @@ def _append(cursor: CursorWrapper, entries: list[dict[str, Any]], previous: str 
         previous = _last_hash(cursor)
     postgres = connection.vendor == "postgresql"
     adapt_datetime = datetime_adapter()
-    rows = []
-    for entry in entries:
-        digest = chain_hash(previous, entry)
-        event_id = entry["event_id"]
-        if event_id is not None and not postgres:
-            event_id = uuid.UUID(str(event_id)).hex
-        rows.append(
-            (
+    head = [previous]  # the chain's last hash, as far as the rows have been built
+
+    def rows() -> Iterator[tuple[Any, ...]]:
+        # A generator, for COPY to stream (events.bulk.bulk_insert): hashed as they are sent.
+        previous = head[0]
+        for entry in entries:
+            digest = chain_hash(previous, entry)
+            event_id = entry["event_id"]
+            if event_id is not None and not postgres:
+                event_id = uuid.UUID(str(event_id)).hex
+            yield (
                 str(entry["kind"]),
                 entry["position"],
                 event_id,
@@ -165,13 +168,13 @@ def _append(cursor: CursorWrapper, entries: list[dict[str, Any]], previous: str 
                 previous,
                 digest,
             )
-        )
-        previous = digest
-    bulk_insert(cursor, "audit_auditentry", _ENTRY_COLUMNS, rows)
-    if not rows:
+            previous = head[0] = digest
+
+    appended = bulk_insert(cursor, "audit_auditentry", _ENTRY_COLUMNS, rows())
+    if not appended:
         return
-    last_id, count = _advance_head(cursor, previous, len(rows))
-    transaction.on_commit(partial(signing.entries_committed, last_id, previous, count))
+    last_id, count = _advance_head(cursor, head[0], appended)
+    transaction.on_commit(partial(signing.entries_committed, last_id, head[0], count))
 
 
 def _advance_head(cursor: CursorWrapper, last_hash: str, appended: int) -> tuple[int, int]:

@@ -29,7 +29,7 @@ each in a subprocess of its own since Django's settings are process-wide:
      command); otherwise reported as skipped.
 
 Goal (the store issue): the store at least half as fast as the raw bulk load, i.e. `ratio store/COPY`
->= 0.50 on each database (the last line printed; on SQLite the anchor is executemany, the label stays).
+>= 0.60 on each database (issue 15; the first goal was 0.50) (the last line printed; on SQLite the anchor is executemany, the label stays).
 For scale, measured earlier on this kind of machine (2 cores): COPY about 59k rows/s, one row per
 commit about 2k rows/s, SQLite executemany about 42k rows/s.
 
@@ -609,10 +609,10 @@ def report(results: dict[str, dict[str, Any]], count: int) -> None:
         ratio = result["anchor_seconds"] / result["store"]["seconds"]
         ratios[database] = f"{ratio:.2f}"
         if database == "postgres":
-            print(f"store / COPY, postgres: {ratio:.2f}  (goal >= 0.50)")
+            print(f"store / COPY, postgres: {ratio:.2f}  (goal >= 0.60)")
         else:
             print(
-                f"store / executemany, sqlite: {ratio:.2f}  (goal >= 0.50; SQLite has no COPY, so the "
+                f"store / executemany, sqlite: {ratio:.2f}  (goal >= 0.60; SQLite has no COPY, so the "
                 "'sqlite=' figure below is against executemany)"
             )
     postgres = ratios.get("postgres", "n/a")

@@ -1,7 +1,7 @@
 """Bulk inserts for the store's writer and its hooks: COPY on PostgreSQL, executemany on SQLite."""
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from json.encoder import c_make_encoder, encode_basestring  # type: ignore[attr-defined]
 from typing import Any
@@ -11,21 +11,32 @@ from django.db.backends.utils import CursorWrapper
 
 
 def bulk_insert(
-    cursor: CursorWrapper, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]
-) -> None:
-    """Insert `rows` (values already adapted for this database) into `table` in one go."""
-    if not rows:
-        return
+    cursor: CursorWrapper, table: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]
+) -> int:
+    """Insert `rows` (values already adapted for this database) into `table` in one go; how many.
+
+    On PostgreSQL `rows` may be a generator, and should be for a large batch: COPY sends each chunk as
+    it fills, so the server inserts the first rows while the rest are still being built (a list built
+    first leaves the server idle meanwhile, as long as building takes)."""
+    if isinstance(rows, Sequence) and not rows:
+        return 0
     names = ", ".join(columns)
     if connection.vendor == "postgresql":
         # COPY is several times faster than INSERT; it runs on psycopg's own cursor, so its errors
         # arrive as psycopg's, not Django's.
+        count = 0
         with cursor.cursor.copy(f"COPY {table} ({names}) FROM STDIN") as copy:
+            write_row = copy.write_row
             for row in rows:
-                copy.write_row(row)
-        return
+                write_row(row)
+                count += 1
+        return count
+    rows = rows if isinstance(rows, list) else list(rows)
+    if not rows:
+        return 0
     marks = ", ".join(["%s"] * len(columns))
     cursor.executemany(f"INSERT INTO {table} ({names}) VALUES ({marks})", rows)
+    return len(rows)
 
 
 def datetime_adapter() -> Callable[[datetime], Any]:
