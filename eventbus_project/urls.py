@@ -3,6 +3,7 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.permissions import AllowAny
 
+from accounts.views import sign_out
 from audit.api import (
     AuditExportView,
     AuditHeadView,
@@ -39,6 +40,8 @@ urlpatterns = [
     path("overview.json", overview_data, name="overview-data"),
     path("healthz", healthz, name="healthz"),
     path("metrics", PrometheusView.as_view(), name="prometheus-metrics"),
+    # The admin's sign-out (its own link and the pages' button), which leaves a "signed out" note.
+    path("admin/logout/", sign_out, name="sign-out"),
     path("admin/", admin.site.urls),
     # The pages for people: the approval queue and the live event feed (server-rendered, live over /ws/).
     # The operator's notification settings, linked from the approval page (served by notify, above hitl).

@@ -82,6 +82,11 @@ class ApprovalRequestOut(serializers.Serializer):
     approver_group = serializers.CharField(allow_null=True)
     escalate_to_group = serializers.CharField(allow_null=True)
     escalated_at = serializers.DateTimeField(allow_null=True)
+    risk = serializers.ChoiceField(
+        choices=["low", "medium", "high"],
+        allow_null=True,
+        help_text='The tool\'s risk level (HITL_TOOL_RISK, else the "x-risk" of its schema), or null.',
+    )
 
 
 class ApprovalPageOut(serializers.Serializer):

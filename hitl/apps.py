@@ -10,6 +10,8 @@ def check_tool_schemas() -> None:
     tool (rather than turning each edit of that tool into an error)."""
     import jsonschema
 
+    from .conf import RISK_KEYWORD, schema_risk
+
     schemas: Any = getattr(settings, "HITL_TOOL_SCHEMAS", {}) or {}
     if not isinstance(schemas, dict):
         raise ImproperlyConfigured(
@@ -22,6 +24,11 @@ def check_tool_schemas() -> None:
             raise ImproperlyConfigured(
                 f"HITL_TOOL_SCHEMAS[{name!r}] is not a JSON Schema: {error.message}"
             ) from None
+        if isinstance(schema, dict) and RISK_KEYWORD in schema and schema_risk(schema) is None:
+            raise ImproperlyConfigured(
+                f'HITL_TOOL_SCHEMAS[{name!r}]["{RISK_KEYWORD}"] must be "low", "medium" or "high", '
+                f"not {schema[RISK_KEYWORD]!r}"
+            )
 
 
 class HitlConfig(AppConfig):

@@ -75,8 +75,9 @@ def parse_tool_risk(value: Any) -> tuple[tuple[str, str], ...]:
 
 
 def tool_risk(tool_name: str, rules: tuple[tuple[str, str], ...] | None = None) -> str | None:
-    """A tool's risk level by HITL_TOOL_RISK: its own name's entry, else the first glob (in the
-    setting's order) that matches it; None when no entry names it. The approval page's JS does the same."""
+    """A tool's risk level: by HITL_TOOL_RISK (its own name's entry, else the first glob, in the
+    setting's order, that matches it), else the `"x-risk"` its registered or configured schema declares;
+    None when neither names it. The setting wins, so operators can overrule what a tool's author said."""
     if rules is None:
         rules = hitl_settings().tool_risk
     for pattern, level in rules:
@@ -85,7 +86,19 @@ def tool_risk(tool_name: str, rules: tuple[tuple[str, str], ...] | None = None) 
     for pattern, level in rules:
         if fnmatchcase(tool_name, pattern):
             return level
-    return None
+    return schema_risk(tool_schema(tool_name))
+
+
+RISK_KEYWORD = "x-risk"
+
+
+def schema_risk(schema: Any) -> str | None:
+    """The risk level a tool's JSON Schema declares with a top-level `"x-risk"` (None: none declared,
+    or a value that is not one of RISK_LEVELS: register_tool_schema refuses those)."""
+    if not isinstance(schema, dict):
+        return None
+    level = schema.get(RISK_KEYWORD)
+    return level if isinstance(level, str) and level in RISK_LEVELS else None
 
 
 _registered: dict[str, dict[str, Any]] = {}
@@ -96,6 +109,10 @@ def register_tool_schema(tool_name: str, schema: dict[str, Any]) -> None:
     import jsonschema
 
     jsonschema.Draft202012Validator.check_schema(schema)
+    if RISK_KEYWORD in schema and schema_risk(schema) is None:
+        raise ValueError(
+            f'{tool_name}: "{RISK_KEYWORD}" must be "low", "medium" or "high", not {schema[RISK_KEYWORD]!r}'
+        )
     _registered[tool_name] = schema
 
 

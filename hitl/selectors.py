@@ -11,6 +11,7 @@ from core.json_input import check_choice, check_text, invalid, shown_value
 from events.base import format_timestamp
 from events.models import StoredEvent
 
+from .conf import tool_risk
 from .models import ApprovalRequest, ApprovalStatus
 from .perms import VIEW_APPROVALS
 
@@ -70,6 +71,8 @@ def approval_as_dict(request: ApprovalRequest) -> dict[str, Any]:
         "approver_group": request.approver_group,
         "escalate_to_group": request.escalate_to_group,
         "escalated_at": moment(request.escalated_at),
+        # Not stored: the tool's level as configured now (HITL_TOOL_RISK, else its schema's x-risk).
+        "risk": tool_risk(request.tool_name),
     }
 
 

@@ -19,7 +19,7 @@ from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
 from django.template.response import TemplateResponse
 from django.urls import reverse
-from django.utils import timezone
+from django.utils import formats, timezone
 from django.views.decorators.http import require_POST, require_safe
 
 from core.errors import ApplicationError
@@ -27,8 +27,9 @@ from core.json_input import check_form_encoding, invalid, parse_json
 from events.base import format_timestamp
 from events.views import forbidden
 
+from .conf import tool_risk
 from .inputs import decision_input
-from .models import DecisionChannel
+from .models import ApprovalRequest, ApprovalStatus, DecisionChannel
 from .policies import standing_active, standing_revoke
 from .selectors import (
     VIEW_PERMISSION,
@@ -69,6 +70,15 @@ def _moment(value: str) -> datetime:
     return datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 
+def moment_text(value: str | datetime | None) -> str:
+    """A moment as every page writes it, "2026-12-05 15:00:07 UTC" (events/static/events/time.js
+    writes the same in the browser); "" for None."""
+    if value is None or value == "":
+        return ""
+    moment = _moment(value) if isinstance(value, str) else value
+    return str(formats.date_format(timezone.localtime(moment), "DATETIME_FORMAT"))
+
+
 def card_context(approval: dict[str, Any], now: datetime) -> dict[str, Any]:
     """What a card shows at first paint, beside the approval's own fields."""
     left = (_moment(approval["expires_at"]) - now).total_seconds()
@@ -81,7 +91,27 @@ def card_context(approval: dict[str, Any], now: datetime) -> dict[str, Any]:
         "age": short_duration(age),
         "time_left": short_duration(left) if left > 0 else "expiring…",
         "urgency": urgency,
+        "created_at_text": moment_text(approval["created_at"]),
+        "expires_at_text": moment_text(approval["expires_at"]),
     }
+
+
+def decided_by_text(approval: ApprovalRequest) -> str:
+    """Who decided, as the request page says it: the person and the channel ("olga (api)"); else what
+    decided ("expiry", "approval policy (rule tidy@2)", "the agent (withdrawn)")."""
+    if approval.status == ApprovalStatus.PENDING:
+        return "—"
+    channel = str(approval.get_channel_display()) if approval.channel else ""
+    name = approval.decided_by_username
+    if name:
+        return f"{name} ({approval.channel})" if channel else name
+    if approval.channel == DecisionChannel.POLICY and approval.rule:
+        return f"{channel} (rule {approval.rule})"
+    if channel:
+        return channel
+    if approval.status == ApprovalStatus.CANCELLED:
+        return "the agent (withdrawn)"
+    return "—"
 
 
 def approvals_text(approval: dict[str, Any]) -> str:
@@ -172,6 +202,8 @@ def request_page(request: HttpRequest, call_id: str) -> HttpResponse:
         "nav": "approvals",
         "arguments_pretty": pretty_arguments(approval.arguments),
         "modified_pretty": pretty_arguments(approval.modified_args) if approval.modified_args else "",
+        "decided_by_text": decided_by_text(approval),
+        "decided_at_text": moment_text(approval.decided_at),
     }
     return TemplateResponse(request, "hitl/request.html", context)
 
@@ -256,6 +288,18 @@ def decide(request: HttpRequest, call_id: str) -> HttpResponse:
         return JsonResponse({"detail": "Sign in to decide.", "code": "not_authenticated"}, status=401)
     try:
         payload = _form_body(request) if from_form else _json_body(request)
+        if from_form and payload["decision"] != "REJECT" and request.POST.get("confirm") != "high_risk":
+            # The page asks twice before a high-risk approval; without JavaScript, the form's box does.
+            tool_name = (
+                ApprovalRequest.objects.filter(call_id=call_id).values_list("tool_name", flat=True).first()
+            )
+            if tool_name is not None and tool_risk(tool_name) == "high":
+                messages.error(
+                    request,
+                    f"{call_id}: {tool_name} is a high-risk tool: tick “I checked this high-risk call” and "
+                    "approve again. Nothing was decided.",
+                )
+                return HttpResponseRedirect(page)
         approval = _decide(request, call_id, payload)
     except ApplicationError as error:
         if not from_form:

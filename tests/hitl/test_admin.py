@@ -673,3 +673,12 @@ def test_deciding_needs_the_csrf_token(operator):
     assert refused.status_code == 403
     assert accepted.status_code == 302
     assert refreshed(request).status == "approved"
+
+
+@pytest.mark.django_db
+def test_a_decision_message_keeps_the_tools_name_as_written(operator):
+    request = ask("call-lower", tool="execute_command")
+    response = client_for(operator).post(change_url(request), {"_decision": "approve"}, follow=True)
+    html = response.content.decode()
+    assert "execute_command (call-lower): approved." in html
+    assert "Execute_command" not in html  # Django's admin template would capitalise the message

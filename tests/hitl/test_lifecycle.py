@@ -345,6 +345,7 @@ def test_api_create_is_idempotent_and_validates(people):
         "approver_group",
         "escalate_to_group",
         "escalated_at",
+        "risk",
     }
     assert (
         payload["status"] == "pending"

@@ -494,6 +494,28 @@ def test_the_form_fallback_edit_checks_the_json(operator):
     assert (stored.status, stored.modified_args) == ("edited", {"path": "b.py"})
 
 
+def test_the_form_fallback_asks_for_the_box_before_approving_a_high_risk_tool(operator, settings):
+    settings.HITL_TOOL_RISK = {"write_*": "high"}
+    ask("c1")
+    client = client_for(operator)
+    assert 'name="confirm" value="high_risk"' in client.get(PAGE).content.decode()
+
+    response = client.post(decide_url("c1"), {"decision": "APPROVE"})
+    assert response.status_code == 302
+    assert ApprovalRequest.objects.get(call_id="c1").status == "pending"
+    assert "write_file is a high-risk tool" in client.get(PAGE).content.decode()
+
+    client.post(decide_url("c1"), {"decision": "APPROVE", "confirm": "high_risk"})
+    assert ApprovalRequest.objects.get(call_id="c1").status == "approved"
+
+
+def test_the_form_fallback_rejects_a_high_risk_tool_without_the_box(operator, settings):
+    settings.HITL_TOOL_RISK = {"write_file": "high"}
+    ask("c1")
+    client_for(operator).post(decide_url("c1"), {"decision": "REJECT", "comment": "no"})
+    assert ApprovalRequest.objects.get(call_id="c1").status == "rejected"
+
+
 def test_anonymous_form_post_goes_to_the_login_page():
     response = Client().post(decide_url("c1"), {"decision": "APPROVE"})
     assert response.status_code == 302

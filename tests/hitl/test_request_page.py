@@ -4,6 +4,7 @@ queue's card and controls; once decided it shows the outcome; always its history
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from django.contrib.auth.models import Group
@@ -65,3 +66,21 @@ def test_an_unknown_request_is_a_404_page_and_others_are_kept_out(client, operat
     stranger = django_user_model.objects.create_user("sam", "", "pw")
     client.force_login(stranger)
     assert client.get("/hitl/requests/nope/").status_code == 403
+
+
+def test_an_expired_request_says_the_expiry_decided_and_moments_are_written_one_way(client, operator):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from hitl.services import approval_expire
+
+    ask("call-3")
+    assert approval_expire(now=timezone.now() + timedelta(days=30)) == 1
+    client.force_login(operator)
+    page = client.get("/hitl/requests/call-3/").content.decode()
+    decided_by = page.split('data-testid="request-decided-by">')[1].split("<")[0]
+    assert decided_by == "expiry"
+    decided_at = page.split('data-testid="request-decided-at"')[1].split(">")[1].split("<")[0]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC", decided_at)
+    assert "username" not in page

@@ -71,3 +71,13 @@ def test_the_server_reads_the_schemas_file_at_start_up(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert "['deploy_service']" in result.stdout
+
+
+def test_a_schema_declaring_an_unknown_risk_stops_start_up_naming_the_tool(settings):
+    settings.HITL_TOOL_SCHEMAS = {"delete_records": {"type": "object", "x-risk": "HIGH"}}
+    with pytest.raises(
+        ImproperlyConfigured, match=r"HITL_TOOL_SCHEMAS\['delete_records'\]\[\"x-risk\"\] must be"
+    ):
+        check_tool_schemas()
+    settings.HITL_TOOL_SCHEMAS = {"delete_records": {"type": "object", "x-risk": "high"}}
+    check_tool_schemas()

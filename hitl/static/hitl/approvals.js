@@ -12,9 +12,18 @@
  *
  * Decisions are POSTed as JSON to /hitl/requests/<call_id>/decide/ with the CSRF token; the answer
  * (or the error: someone else decided first, invalid arguments, expired) is shown in the card.
+ *
+ * The desk: filters by tool, agent, session and risk over the cards held (kept in the query string);
+ * a compact view, one line per request (remembered in localStorage); keyboard shortcuts (j/k select,
+ * a/e/r decide, ? help); presence (the page tells /ws/hitl/ which requests it has open, the selected
+ * one and any with an editor open, and shows who else has each open); and a second, confirming step
+ * before a high-risk tool (`risk` "high") is approved.
  */
 (function () {
   "use strict";
+
+  // The page's own confirm step replaces the no-script one (the form's "I checked" box).
+  document.documentElement.classList.add("hitl-js");
 
   const config = JSON.parse(document.getElementById("hitl-config").textContent);
   const queue = document.getElementById("queue");
@@ -25,6 +34,10 @@
   const csrfToken = document.querySelector("meta[name=csrf-token]").content;
   const parseTime = window.LivePage.parseTime;
   const notify = (text, kind) => window.LivePage.notify(notices, text, kind);
+  // Every page writes moments one way: "2026-12-05 15:00:07 UTC" (events/static/events/time.js).
+  const formatMoment = (iso) => (iso ? window.EventbusTime.format(iso) : "");
+  // The signed-in user: left out of "Also viewing".
+  const viewer = queue.dataset.viewer || "";
 
   // The server's clock minus this device's: deadlines are the server's, whatever the phone's clock says.
   const clockOffset = parseTime(config.server_now) - Date.now();
@@ -40,6 +53,7 @@
   // On one request's page (/hitl/requests/<call_id>/): only that request, and the page is drawn again
   // once it is decided, so its outcome and history show.
   const only = typeof config.only_call_id === "string" ? config.only_call_id : null;
+  let socket = null; // the LiveSocket, once started (the end of this file)
   const mine = (approval) => !only || (approval && approval.call_id === only);
   let reloading = false;
   function reloadSoon() {
@@ -196,6 +210,13 @@
     card.dataset.createdAt = approval.created_at;
     card.dataset.expiresAt = approval.expires_at;
     find(card, "tool").textContent = approval.tool_name;
+    const risk = typeof approval.risk === "string" ? approval.risk : "";
+    card.dataset.risk = risk;
+    const badge = find(card, "risk");
+    badge.hidden = !risk;
+    badge.className = "badge risk" + (risk ? " risk-" + risk : "");
+    badge.textContent = risk ? risk + " risk" : "";
+    stamp(card, approval);
     find(card, "agent").textContent = approval.agent || "";
     find(card, "reason").textContent = approval.reason || "";
     find(card, "arguments").textContent = pretty(approval.arguments);
@@ -224,6 +245,22 @@
       encodeURIComponent(approval.call_id)
     );
     for (const button of card.querySelectorAll("form.actions button")) button.disabled = !config.may_decide;
+  }
+
+  // The card's moments, through the shared formatter.
+  function stamp(card, approval) {
+    for (const [testid, iso] of [
+      ["created-at", approval.created_at],
+      ["expires-at", approval.expires_at],
+    ]) {
+      const element = find(card, testid);
+      if (!element) continue;
+      element.dataset.iso = iso || "";
+      element.setAttribute("datetime", iso || "");
+      element.textContent = formatMoment(iso);
+    }
+    card.querySelector(".time-left").title =
+      "Time left before this request expires (at " + formatMoment(approval.expires_at) + ")";
   }
 
   // "1 of 2: alice" (hitl.views.approvals_text says the same at first paint).
@@ -276,6 +313,7 @@
       if (known.state === "open") {
         fill(known.card, known.data);
         tickEntry(known, serverNow());
+        desk.refresh();
       }
       return;
     }
@@ -291,6 +329,7 @@
     queue.insertBefore(card, next ? next.card : null);
     entries.set(approval.call_id, entry);
     tickEntry(entry, serverNow());
+    showPresence(approval.call_id);
     update();
   }
 
@@ -299,9 +338,14 @@
     if (!entry) return;
     if (only) reloadSoon();
     clearTimeout(entry.closeTimer);
+    const wasFocused = focusedId === callId;
+    const after = wasFocused ? neighbour(entry) : null;
+    const hadFocus = entry.card.contains(document.activeElement);
     entry.card.remove();
     entries.delete(callId);
+    if (wasFocused) setFocus(after, { move: after !== null && hadFocus });
     update();
+    reportViewing();
   }
 
   function panelOpen(entry) {
@@ -353,6 +397,7 @@
     countElement.textContent = String(open);
     emptyElement.hidden = open > 0;
     document.title = open ? "(" + open + ") " + PAGE_TITLE : PAGE_TITLE;
+    desk.refresh();
   }
 
   // Age and countdown, every second, from the server's clock.
@@ -613,6 +658,8 @@
     } else if (name === "reject") {
       find(card, "reject-comment").focus();
     }
+    setFocus(entry, { move: false });
+    reportViewing();
   }
 
   function closePanels(entry) {
@@ -622,6 +669,7 @@
       find(card, name).setAttribute("aria-expanded", "false");
     }
     delete find(card, "args-editor").dataset.touched;
+    reportViewing();
   }
 
   function setBusy(entry, busy) {
@@ -750,12 +798,50 @@
   queue.addEventListener("submit", (event) => {
     event.preventDefault(); // the form is the no-JavaScript fallback
     const entry = entryOf(event.target);
-    if (!entry) return;
-    const scope = event.target.querySelector("[name=remember_scope]");
-    const ttl = event.target.querySelector("[name=remember_ttl_s]");
+    if (entry) approveRequested(entry);
+  });
+
+  // Approve (the button, Enter on it, or the `a` key): a high-risk tool asks to be confirmed first.
+  function approveRequested(entry) {
+    const button = find(entry.card, "approve");
+    if (entry.state !== "open" || button.disabled) return;
+    if (!confirmed(entry, button, "Confirm approve " + entry.data.tool_name)) return;
+    const form = entry.card.querySelector("form.actions");
+    const scope = form.querySelector("[name=remember_scope]");
+    const ttl = form.querySelector("[name=remember_ttl_s]");
     const remember = scope && scope.value ? { scope: scope.value, ttl_s: Number(ttl.value) } : null;
     send(entry, "APPROVE", null, "", remember);
-  });
+  }
+
+  // High risk: the first press turns the button into "Confirm approve <tool>" for CONFIRM_MS, and only a
+  // second press (click, Enter, or `a` again) sends. Other levels send at once.
+  const CONFIRM_MS = 6000;
+  const armed = new Map(); // button -> {label, timer}
+
+  function confirmed(entry, button, text) {
+    if (entry.data.risk !== "high") return true;
+    if (armed.has(button)) {
+      disarm(button);
+      return true;
+    }
+    const timer = setTimeout(() => disarm(button), CONFIRM_MS);
+    armed.set(button, { label: button.textContent, timer: timer });
+    button.textContent = text;
+    button.classList.add("confirming");
+    button.dataset.confirming = "true";
+    showError(entry, "");
+    return false;
+  }
+
+  function disarm(button) {
+    const state = armed.get(button);
+    if (!state) return;
+    clearTimeout(state.timer);
+    armed.delete(button);
+    button.textContent = state.label;
+    button.classList.remove("confirming");
+    delete button.dataset.confirming;
+  }
 
   queue.addEventListener("click", (event) => {
     const button = event.target.closest("button");
@@ -773,6 +859,7 @@
     } else if (action === "send-edit") {
       const result = validate(entry);
       if (result.error) return;
+      if (!confirmed(entry, button, "Confirm approve " + entry.data.tool_name + " with these arguments")) return;
       send(entry, "EDIT", result.value, field(entry.card, "edit-comment").value);
     } else if (action === "send-reject") {
       send(entry, "REJECT", null, find(entry.card, "reject-comment").value);
@@ -786,6 +873,7 @@
     const entry = entryOf(event.target);
     if (!entry) return;
     event.target.dataset.touched = "1";
+    disarm(find(entry.card, "send-edit")); // confirm what is sent, not what was there before
     validate(entry);
   });
 
@@ -801,11 +889,303 @@
     }
   });
 
+  // The desk: filters, the compact view, the selected card, keyboard shortcuts, presence.
+
+  const filterForm = document.querySelector("[data-testid=filters]");
+  const filterEmpty = document.querySelector("[data-testid=filter-empty]");
+  const FILTERS = ["tool", "agent", "session", "risk"];
+  const filters = { tool: "", agent: "", session: "", risk: "" };
+  const shownOptions = { tool: "", agent: "" };
+
+  function readFilters() {
+    const params = new URLSearchParams(window.location.search);
+    for (const name of FILTERS) filters[name] = filterForm ? (params.get(name) || "").trim() : "";
+  }
+
+  function writeFilters() {
+    const url = new URL(window.location.href);
+    for (const name of FILTERS) {
+      if (filters[name]) url.searchParams.set(name, filters[name]);
+      else url.searchParams.delete(name);
+    }
+    if (url.href !== window.location.href) window.history.replaceState(window.history.state, "", url.href);
+  }
+
+  function matches(data) {
+    if (filters.tool && data.tool_name !== filters.tool) return false;
+    if (filters.agent && (data.agent || "") !== filters.agent) return false;
+    if (filters.session) {
+      const session = String(data.session_id || "").toLowerCase();
+      if (!session.includes(filters.session.toLowerCase())) return false;
+    }
+    if (filters.risk && (data.risk || "none") !== filters.risk) return false;
+    return true;
+  }
+
+  // The tool and agent choices: what the cards held name, plus the one chosen (it may have no card now).
+  function fillChoices(name, values) {
+    const select = filterForm.elements[name];
+    const wanted = Array.from(new Set(values.filter(Boolean).concat(filters[name] ? [filters[name]] : []))).sort();
+    const key = wanted.join("\n");
+    if (key !== shownOptions[name]) {
+      shownOptions[name] = key;
+      select.replaceChildren(new Option("any", ""));
+      for (const value of wanted) select.append(new Option(value, value));
+    }
+    select.value = filters[name];
+  }
+
+  const desk = {
+    refresh: function () {
+      let total = 0;
+      let shown = 0;
+      for (const entry of entries.values()) {
+        const visible = matches(entry.data);
+        entry.card.hidden = !visible;
+        total += 1;
+        if (visible) shown += 1;
+      }
+      if (focusedId !== null && entries.has(focusedId) && entries.get(focusedId).card.hidden) setFocus(null);
+      if (!filterForm) return;
+      const data = Array.from(entries.values(), (entry) => entry.data);
+      fillChoices("tool", data.map((d) => d.tool_name));
+      fillChoices("agent", data.map((d) => d.agent));
+      if (filterForm.elements.session !== document.activeElement) filterForm.elements.session.value = filters.session;
+      filterForm.elements.risk.value = filters.risk;
+      const filtering = FILTERS.some((name) => filters[name]);
+      filterForm.querySelector("[data-testid=filter-count]").textContent = shown + " of " + total + " shown";
+      filterForm.querySelector("[data-testid=filter-clear]").disabled = !filtering;
+      filterEmpty.hidden = !(filtering && total > 0 && shown === 0);
+    },
+  };
+
+  function clearFilters() {
+    for (const name of FILTERS) filters[name] = "";
+    writeFilters();
+    desk.refresh();
+  }
+
+  if (filterForm) {
+    readFilters();
+    filterForm.hidden = false;
+    filterForm.addEventListener("submit", (event) => event.preventDefault());
+    const changed = (event) => {
+      const name = event.target.name;
+      if (!FILTERS.includes(name)) return;
+      filters[name] = event.target.value.trim();
+      writeFilters();
+      desk.refresh();
+    };
+    filterForm.addEventListener("change", changed);
+    filterForm.addEventListener("input", changed);
+    filterForm.querySelector("[data-testid=filter-clear]").addEventListener("click", clearFilters);
+    filterEmpty.querySelector("[data-action=clear-filters]").addEventListener("click", clearFilters);
+  }
+
+  // The compact view: one line per request, remembered by this browser.
+  const DENSITY_KEY = "hitl.density";
+  const densityButton = document.querySelector("[data-testid=density-toggle]");
+
+  function compactStored() {
+    try {
+      return window.localStorage.getItem(DENSITY_KEY) === "compact";
+    } catch (error) {
+      return false;
+    }
+  }
+
+  function showDensity(compact) {
+    queue.classList.toggle("compact", compact);
+    if (densityButton) densityButton.setAttribute("aria-pressed", compact ? "true" : "false");
+  }
+
+  if (densityButton) {
+    showDensity(compactStored());
+    densityButton.addEventListener("click", () => {
+      const compact = !queue.classList.contains("compact");
+      try {
+        window.localStorage.setItem(DENSITY_KEY, compact ? "compact" : "comfortable");
+      } catch (error) {
+        // private mode: for this page only
+      }
+      showDensity(compact);
+      const focused = focusedId !== null ? entries.get(focusedId) : undefined;
+      if (focused) focused.card.scrollIntoView({ block: "nearest" });
+    });
+  }
+
+  // The selected card (j/k, a click in it): outlined, and reported as open to the other operators.
+  let focusedId = null;
+
+  function visibleEntries() {
+    const list = [];
+    for (const card of queue.querySelectorAll("[data-testid=request]")) {
+      const entry = entries.get(card.dataset.callId);
+      if (entry && !card.hidden) list.push(entry);
+    }
+    return list;
+  }
+
+  // The card to select when `entry` leaves: the next visible one, else the previous.
+  function neighbour(entry) {
+    const list = visibleEntries();
+    const index = list.indexOf(entry);
+    if (index < 0) return null;
+    return list[index + 1] || list[index - 1] || null;
+  }
+
+  function setFocus(entry, options) {
+    const callId = entry ? entry.data.call_id : null;
+    if (callId !== focusedId) {
+      const previous = focusedId !== null ? entries.get(focusedId) : undefined;
+      if (previous) {
+        previous.card.classList.remove("is-focused");
+        previous.card.removeAttribute("aria-current");
+      }
+      focusedId = callId;
+    }
+    if (entry) {
+      entry.card.classList.add("is-focused");
+      entry.card.setAttribute("aria-current", "true");
+      if (options && options.move) {
+        entry.card.focus({ preventScroll: true });
+        entry.card.scrollIntoView({ block: "nearest" });
+      }
+    }
+    reportViewing();
+  }
+
+  function moveFocus(step) {
+    const list = visibleEntries();
+    if (!list.length) return;
+    let index = list.findIndex((entry) => entry.data.call_id === focusedId);
+    if (index < 0) index = step > 0 ? 0 : list.length - 1;
+    else index = Math.min(list.length - 1, Math.max(0, index + step));
+    setFocus(list[index], { move: true });
+  }
+
+  queue.addEventListener("focusin", (event) => {
+    const entry = entryOf(event.target);
+    if (entry && entry.data.call_id !== focusedId) setFocus(entry, { move: false });
+  });
+  queue.addEventListener("pointerdown", (event) => {
+    const entry = entryOf(event.target);
+    if (entry && entry.data.call_id !== focusedId) setFocus(entry, { move: false });
+  });
+
+  // Keyboard shortcuts: never while typing, never with Ctrl, Alt or Cmd held.
+  const help = document.querySelector("[data-testid=shortcuts-help]");
+  const helpButton = document.querySelector("[data-testid=shortcuts-open]");
+
+  function openHelp() {
+    if (help && !help.open) help.showModal();
+  }
+  if (helpButton) helpButton.addEventListener("click", openHelp);
+
+  function typing(target) {
+    if (!(target instanceof Element)) return false;
+    return target.isContentEditable || target.closest("input, textarea, select, [contenteditable]") !== null;
+  }
+
+  document.addEventListener("keydown", (event) => {
+    if (event.defaultPrevented || event.ctrlKey || event.metaKey || event.altKey || event.isComposing) return;
+    if (help && help.open) {
+      if (event.key === "Escape") {
+        event.preventDefault();
+        help.close();
+      }
+      return; // the dialog is in front: only its own keys
+    }
+    if (typing(event.target)) return;
+    const focused = focusedId !== null ? entries.get(focusedId) : undefined;
+    switch (event.key) {
+      case "j":
+        moveFocus(1);
+        break;
+      case "k":
+        moveFocus(-1);
+        break;
+      case "?":
+        openHelp();
+        break;
+      case "a":
+      case "e":
+      case "r":
+        if (!focused) {
+          notify("Select a request first: j and k move between them.", "warning");
+        } else if (event.key === "a") {
+          approveRequested(focused);
+        } else {
+          const name = event.key === "e" ? "edit" : "reject";
+          if (focused.state === "open" && !find(focused.card, name).disabled) openPanel(focused, name);
+        }
+        break;
+      default:
+        return;
+    }
+    event.preventDefault(); // the key is used: it must not also be typed into what it focused
+  });
+
+  // Presence: what this page has open goes to /ws/hitl/ (the selected card and any with an editor open;
+  // on one request's page, that request); each card says who else has it open.
+  const viewersOf = new Map(); // call_id -> usernames, as the server last said
+  let reported = null;
+
+  function viewingNow() {
+    if (only) return [only];
+    const ids = [];
+    if (focusedId !== null && entries.has(focusedId)) ids.push(focusedId);
+    for (const [callId, entry] of entries) {
+      if (entry.state !== "closed" && panelOpen(entry) && !ids.includes(callId)) ids.push(callId);
+    }
+    return ids.slice(0, 20); // the server takes at most 20
+  }
+
+  function reportViewing(force) {
+    if (!socket) return;
+    const ids = viewingNow();
+    const key = JSON.stringify(ids);
+    if (!force && key === reported) return;
+    reported = socket.send({ action: "viewing", call_ids: ids }) ? key : null;
+  }
+
+  function showPresence(callId) {
+    const entry = entries.get(callId);
+    if (!entry) return;
+    const others = (viewersOf.get(callId) || []).filter((name) => name !== viewer);
+    const line = find(entry.card, "presence");
+    line.textContent = others.length ? "Also viewing: " + others.join(", ") : "";
+    line.hidden = !others.length;
+    entry.card.classList.toggle("watched", others.length > 0);
+  }
+
+  function presence(message) {
+    if (typeof message.call_id !== "string" || !Array.isArray(message.viewers)) return;
+    const names = message.viewers.filter((name) => typeof name === "string");
+    if (names.length) viewersOf.set(message.call_id, names);
+    else viewersOf.delete(message.call_id);
+    showPresence(message.call_id);
+  }
+
+  // A new connection is told everything again: forget what the last one said.
+  function presenceReset() {
+    viewersOf.clear();
+    for (const callId of entries.keys()) showPresence(callId);
+  }
+
+  // Moments drawn by the server (history, standing approvals, outcome) through the shared formatter too.
+  for (const element of document.querySelectorAll("time[data-iso]")) {
+    if (element.dataset.iso) element.textContent = formatMoment(element.dataset.iso);
+  }
+
   // The server-rendered cards
 
   for (const approval of config.pending) {
     const card = queue.querySelector('[data-call-id="' + CSS.escape(approval.call_id) + '"]');
-    if (card) entries.set(approval.call_id, { data: approval, card: card, state: "open" });
+    if (card) {
+      entries.set(approval.call_id, { data: approval, card: card, state: "open" });
+      stamp(card, approval);
+    }
   }
   update();
   tick();
@@ -857,7 +1237,7 @@
     if (pollTimer === null && !socket.live) pollTimer = setTimeout(poll, delay);
   }
 
-  const socket = new window.LiveSocket({
+  socket = new window.LiveSocket({
     path: config.ws_path,
     onMessage: function (message) {
       switch (message.type) {
@@ -881,6 +1261,9 @@
         case "expiring":
           expiring(message);
           break;
+        case "presence":
+          presence(message);
+          break;
         case "error":
           if (message.code === "not_authenticated" || message.code === "permission_denied") {
             notify(message.detail || "The live updates were refused; reload the page.", "warning");
@@ -893,6 +1276,8 @@
     onOpen: function () {
       clearTimeout(pollTimer);
       pollTimer = null;
+      presenceReset();
+      reportViewing(true);
     },
     onDown: function () {
       schedulePoll(POLL_AFTER_MS);
