@@ -273,6 +273,46 @@ def measure_export(port: int, pid: int, token: str, profile: str | None) -> dict
     }
 
 
+SLOW_READ_BYTES = 64 * 1024  # the slow reader takes this much...
+SLOW_READ_PAUSE_S = 0.1  # ...then pauses this long: 640 KB/s, a 314 MB export would take 8 minutes
+SLOW_READ_FOR_S = 15.0
+
+
+def measure_slow_reader(port: int, pid: int, token: str) -> dict[str, Any]:
+    """The same export read slowly, with a small receive buffer, for SLOW_READ_FOR_S, then dropped: a
+    server that does not wait for its reader would buffer the export in memory meanwhile."""
+    import socket
+
+    idle_kb = proc_status(pid, "VmRSS")
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SLOW_READ_BYTES)
+    sock.settimeout(30)
+    received = 0
+    try:
+        with RssSampler(pid) as sampler:
+            sock.connect(("127.0.0.1", port))
+            sock.sendall(
+                b"GET /api/audit/export/?format=csv HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                + f"Authorization: Bearer {token}\r\n\r\n".encode()
+            )
+            started = time.perf_counter()
+            while time.perf_counter() - started < SLOW_READ_FOR_S:
+                block = sock.recv(SLOW_READ_BYTES)
+                if not block:
+                    break
+                received += len(block)
+                time.sleep(SLOW_READ_PAUSE_S)
+    finally:
+        sock.close()
+    time.sleep(1.0)  # the server notices the closed socket and stops
+    return {
+        "bytes": received,
+        "idle_rss_kb": idle_kb,
+        "peak_rss_kb": sampler.peak_kb,
+        "after_rss_kb": proc_status(pid, "VmRSS"),
+    }
+
+
 def measure_copy(url: str) -> dict[str, Any]:
     import psycopg
 
@@ -326,6 +366,8 @@ def run(server: str, rows: int, repeat: int, profile: str | None) -> dict[str, A
             log(f"daphne up on port {port}, pid {pid}")
             results["export"] = measure_export(port, pid, token, profile)
             log(f"export: {results['export']['rows']:,} rows in {results['export']['seconds']:.2f} s")
+            results["slow"] = measure_slow_reader(port, pid, token)
+            log(f"slow reader: {results['slow']['bytes'] / MB:.1f} MB in {SLOW_READ_FOR_S:g} s")
             cookie = {"Cookie": f"{session['cookie_name']}={session['cookie']}"}
             results["admin"] = median_ms(port, "/admin/events/storedevent/", cookie, repeat, b"result_list")
             bearer = {"Authorization": f"Bearer {token}"}
@@ -371,6 +413,15 @@ def report(results: dict[str, Any]) -> float:
         f"(sampled {export['peak_rss_kb'] / 1024:.1f} MB, {export['samples']} samples every "
         f"{RSS_INTERVAL_S * 1000:.0f} ms; VmHWM {export['hwm_kb'] / 1024:.1f} MB)"
     )
+    slow = results["slow"]
+    slow_peak_mb = slow["peak_rss_kb"] / 1024
+    print(
+        f"slow reader ({SLOW_READ_BYTES // 1024} KB every {SLOW_READ_PAUSE_S * 1000:.0f} ms for "
+        f"{SLOW_READ_FOR_S:g} s, then gone): {slow['bytes'] / MB:.1f} MB read; Daphne RSS idle "
+        f"{slow['idle_rss_kb'] / 1024:.1f} MB, peak {slow_peak_mb:.1f} MB, 1 s after "
+        f"{slow['after_rss_kb'] / 1024:.1f} MB"
+    )
+    peak_mb = max(peak_mb, slow_peak_mb)
     admin, api = results["admin"], results["api"]
     print(
         f"admin changelist /admin/events/storedevent/: median {admin['median_ms']:.1f} ms "

@@ -1,5 +1,6 @@
 """The ASGI application, served by Daphne: Django for HTTP, Channels for WebSockets."""
 
+import gc
 import os
 
 from django.core.asgi import get_asgi_application
@@ -36,3 +37,9 @@ application = ProtocolTypeRouter(
 )
 
 install_server_hooks()
+
+# Everything loaded so far (Django, the apps, the URL and template machinery) lives as long as the
+# process: out of the collector's sight, a full collection no longer walks it on every request's
+# garbage. Measured with benchmarks/ingest_single.py (SQLite, wrk, 32 connections): p99 82-87 ms
+# before, 37-38 ms after, and 7-10 % more requests/s.
+gc.freeze()
