@@ -48,7 +48,7 @@ from core.errors import ApplicationError
 from events.event_types import EventType
 from events.filters import MAX_ID_LENGTH, StoredEventFilter, validated_filters
 from events.filters import PositionFilter as PositionParameter
-from events.traces import correlation_trace_url, event_url, timeline_url
+from events.traces import correlation_trace_url, event_url, session_link, timeline_url
 
 from .exports import DEFAULT_FORMAT, FORMATS, EventExport
 from .models import AuditEntry
@@ -254,14 +254,7 @@ class AuditEntryAdmin(ReadOnlyAdmin):
 
     @admin.display(description="session")
     def session(self, obj: AuditEntry) -> SafeString | str:
-        if not obj.session_id:
-            return "—"
-        return format_html(
-            '<a href="{}" title="the session\'s timeline: {}">{}</a>',
-            timeline_url(obj.session_id),
-            obj.session_id,
-            short(obj.session_id),
-        )
+        return session_link(obj.session_id)
 
     @admin.display(description="trace")  # its correlation id, which leads to the trace
     def correlation(self, obj: AuditEntry) -> SafeString | str:

@@ -53,6 +53,7 @@ from .traces import (
     TRACE_LIMIT,
     build_trace,
     event_url,
+    session_link,
     summary,
     timeline_url,
     trace_rows_html,
@@ -164,14 +165,7 @@ class StoredEventAdmin(ReadOnlyAdmin):
 
     @admin.display(description="session")
     def session(self, obj: StoredEvent) -> SafeString | str:
-        if not obj.session_id:
-            return "—"
-        return format_html(
-            '<a href="{}" title="the session\'s timeline: {}">{}</a>',
-            timeline_url(obj.session_id),
-            obj.session_id,
-            short(obj.session_id),
-        )
+        return session_link(obj.session_id)
 
     @admin.display(description="correlation")
     def correlation(self, obj: StoredEvent) -> SafeString | str:

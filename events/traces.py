@@ -13,6 +13,7 @@ from html import escape
 from typing import Any
 
 from django.urls import get_script_prefix, reverse
+from django.utils.html import format_html
 from django.utils.http import urlencode
 from django.utils.safestring import SafeString, mark_safe
 
@@ -63,6 +64,16 @@ def correlation_trace_url(correlation_id: str) -> str:
 def timeline_url(session_id: str) -> str:
     """The timeline page of a session."""
     return _url_of("admin:events_storedevent_timeline") + "?" + urlencode({"session_id": session_id})
+
+
+def session_link(session_id: str | None, limit: int | None = None) -> SafeString | str:
+    """An admin list's session cell: the id, shortened, linking to its timeline; a dash when none."""
+    if not session_id:
+        return "—"
+    shown = short(session_id) if limit is None else short(session_id, limit)
+    return format_html(
+        '<a href="{}" title="the session\'s timeline: {}">{}</a>', timeline_url(session_id), session_id, shown
+    )
 
 
 def event_url(position: int) -> str:

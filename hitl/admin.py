@@ -37,7 +37,7 @@ from audit.perms import VIEW_AUDIT
 from core.admin_kit import DateRangeFilter, short, text_search
 from core.errors import ApplicationError
 from core.json_input import check_form_encoding, check_object, parse_json
-from events.traces import timeline_url
+from events.traces import session_link
 
 from .conf import hitl_settings
 from .inputs import MAX_TEXT, PolicyProbeIn, validated
@@ -382,14 +382,7 @@ class ApprovalRequestAdmin(admin.ModelAdmin):
 
     @admin.display(description="session")
     def session(self, obj: ApprovalRequest) -> SafeString | str:
-        if not obj.session_id:
-            return "—"
-        return format_html(
-            '<a href="{}" title="the session\'s timeline: {}">{}</a>',
-            timeline_url(obj.session_id),
-            obj.session_id,
-            short(obj.session_id, SHORT_ID),
-        )
+        return session_link(obj.session_id, SHORT_ID)
 
     @admin.display(description="created", ordering="created_at")
     def created(self, obj: ApprovalRequest) -> SafeString:
