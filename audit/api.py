@@ -90,8 +90,7 @@ class AuditExportView(AsyncAPIView):
         description=(
             "Every stored event matching the filters of `/api/events/`, in position order, streamed in "
             "constant memory as a download (`events-<UTC time>.<format>`). Each row is the contract's "
-            "event with its `position`, then `actor` (who acted; null where nobody did). "
-            "CSV: a header row of those keys, `data` as compact JSON, every "
+            "event with its `position`. CSV: a header row of those keys, `data` as compact JSON, every "
             "value quoted except nulls (empty, unquoted). NDJSON: one object per line. JSON: one array. "
             "If the download breaks off, ask again with `after` set to the last position received."
         ),

@@ -9,11 +9,9 @@ time, so the event loop only passes bytes on; the view's response is fed by an a
 no thread while the client reads, and reads the next page while the current one is encoded and sent.
 
 Every row is the contract's JSON of a stored event with its `position`, with the values
-`events.models.row_to_contract_dict` gives, then `actor` (who acted, where a person or an agent's token
-did; null otherwise): an auditor's file says who did what without a second lookup. CSV: a header of
-those keys, `data` as compact JSON, every value quoted except nulls, which are empty and unquoted
-(PostgreSQL's COPY convention, and what Python 3.12's `csv.QUOTE_NOTNULL` reads back as None), so a
-null and an empty string stay apart; lines end in
+`events.models.row_to_contract_dict` gives. CSV: a header of those keys, `data` as compact JSON, every
+value quoted except nulls, which are empty and unquoted (PostgreSQL's COPY convention, and what Python
+3.12's `csv.QUOTE_NOTNULL` reads back as None), so a null and an empty string stay apart; lines end in
 `\\n`. NDJSON: one compact object per line. JSON: one array, an object per line.
 
 On PostgreSQL the database writes each row's text around `data` (ids, timestamps, CSV quoting or JSON
@@ -50,16 +48,11 @@ EXPORT_PAGE_SIZE = 2_000
 ENCODE_SLICE = 1_000
 # The keys of each row, in the contract's order: the event's, then `position`.
 COLUMNS = CONTRACT_FIELDS
-# A plain export's keys: the contract's, then who acted (the last column, so files read by position keep
-# their columns where they were).
-EVENT_COLUMNS = (*COLUMNS, "actor")
-# A stored event row, as read: EVENT_COLUMNS, but `position` last (where encode() looks for it).
-_EVENT_READ = (*COLUMNS[:-1], "actor", "position")
 # With audit_only, each row is an audit entry: the same keys (`causation_id` and `version` from the
 # stored event, null once it is purged and for purge checkpoints), then its place in the chain.
 AUDIT_COLUMNS = (*COLUMNS, "entry_id", "kind", "actor", "prev_hash", "hash")
 
-Row = tuple[Any, ...]  # a values_list row: _EVENT_READ, or (on PostgreSQL) head, data, tail and position
+Row = tuple[Any, ...]  # a values_list row: COLUMNS, or (on PostgreSQL) head, data, tail and position
 
 
 # Formatting in Python (any database)
@@ -86,7 +79,6 @@ def _event_dicts(rows: Sequence[Row]) -> list[dict[str, Any]]:
             "source": source,
             "version": version,
             "position": position,
-            "actor": actor,
         }
         for (
             event_id,
@@ -99,7 +91,6 @@ def _event_dicts(rows: Sequence[Row]) -> list[dict[str, Any]]:
             data,
             source,
             version,
-            actor,
             position,
         ) in rows
     ]
@@ -128,7 +119,6 @@ def _csv_page(rows: Sequence[Row], first: bool) -> str:
             source,
             version,
             position,
-            null if actor is None else actor,
         )
         for (
             event_id,
@@ -141,7 +131,6 @@ def _csv_page(rows: Sequence[Row], first: bool) -> str:
             data,
             source,
             version,
-            actor,
             position,
         ) in rows
     )
@@ -269,13 +258,7 @@ _SQL_CSV_HEAD = " || ',' || ".join(
     ]
 )
 _SQL_CSV_TAIL = " || ',' || ".join(
-    [
-        """'"'""",
-        _sql_csv('"source"'),
-        _sql_csv('"version"'),
-        """'"' || "position" || '"'""",
-        _sql_csv('"actor"', nullable=True),
-    ]
+    ["""'"'""", _sql_csv('"source"'), _sql_csv('"version"'), """'"' || "position" || '"'"""]
 )
 # The contract's object but `data`, compact, likewise.
 _SQL_JSON_HEAD = (
@@ -296,8 +279,7 @@ _SQL_JSON_HEAD = (
 )
 _SQL_JSON_TAIL = (
     f"""',"source":' || {_sql_json('"source"')} || ',"version":' || {_sql_json('"version"')}"""
-    """ || ',"position":' || "position" """
-    f"""|| ',"actor":' || {_sql_json('"actor"', nullable=True)} || '}}'"""
+    """ || ',"position":' || "position" || '}'"""
 )
 
 
@@ -366,7 +348,7 @@ FORMATS: dict[str, ExportFormat] = {
     "csv": ExportFormat(
         "csv",
         "text/csv",
-        _csv_text(iter([EVENT_COLUMNS])),
+        _csv_text(iter([COLUMNS])),
         "",
         _csv_page,
         (_SQL_CSV_HEAD, _SQL_CSV_TAIL),
@@ -421,7 +403,7 @@ class EventExport:
             ).values_list("export_head", "export_data", "export_tail", "position")
             self._encode_page = export_format.pg_encode_page
         else:
-            self._events = events.values_list(*_EVENT_READ)
+            self._events = events.values_list(*COLUMNS)
             self._encode_page = export_format.encode_page
         # With audit_only, the same filters select audit entries (they have the same columns; purge
         # checkpoints included, which are links of the chain), read by id and formatted in Python, each

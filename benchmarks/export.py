@@ -72,7 +72,7 @@ READ_SIZE = 1 << 20
 MB = 1024 * 1024
 GOAL_RATIO = 0.3
 GOAL_RSS_MB = 130
-# The export's columns (the contract's keys, then position and actor), in its order.
+# The export's columns (the contract's keys, then position), in its order.
 COLUMNS = (
     "event_id",
     "event_type",
@@ -85,7 +85,6 @@ COLUMNS = (
     "source",
     "version",
     "position",
-    "actor",
 )
 # Event types with their categories, cycled by the seed.
 TYPES = (

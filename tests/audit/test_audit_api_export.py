@@ -39,8 +39,7 @@ EXPORT = "/api/audit/export/"
 AUDIT = "/api/audit/"
 EVENTS = "/api/events/"
 START = datetime(2026, 3, 1, tzinfo=UTC)
-# A plain export's keys: the contract's, then who acted.
-KEYS = [*CONTRACT_FIELDS, "actor"]
+KEYS = list(CONTRACT_FIELDS)
 
 
 @pytest.fixture
@@ -117,8 +116,8 @@ seed = database_sync_to_async(seed_sync)
 
 
 def stored_sync(**filters) -> list[dict]:
-    rows = StoredEvent.objects.filter(**filters).order_by("position").values(*CONTRACT_FIELDS, "actor")
-    return [{**row_to_contract_dict(row), "actor": row["actor"]} for row in rows]
+    rows = StoredEvent.objects.filter(**filters).order_by("position").values(*CONTRACT_FIELDS)
+    return [row_to_contract_dict(row) for row in rows]
 
 
 stored = database_sync_to_async(stored_sync)
@@ -190,7 +189,7 @@ def parse(export_format: str, body: bytes) -> list[dict]:
         assert text == "" or text.endswith("\n")
         return [json.loads(line) for line in text.splitlines()]
     header, *rows = read_csv(text)
-    assert header in (KEYS, [*CONTRACT_FIELDS, *AUDIT_KEYS])
+    assert header in (KEYS, [*KEYS, *AUDIT_KEYS])
     events: list[dict] = []
     for row in rows:
         event: dict = dict(zip(header, row, strict=True))
@@ -207,9 +206,8 @@ AUDIT_KEYS = ["entry_id", "kind", "actor", "prev_hash", "hash"]
 
 
 def events_of(rows: list[dict]) -> list[dict]:
-    """An audit_only export's rows as a plain export's (their chain keys left out, `actor` kept)."""
-    chain = set(AUDIT_KEYS) - {"actor"}
-    return [{key: value for key, value in row.items() if key not in chain} for row in rows]
+    """An audit_only export's rows as the contract's events (their chain keys left out)."""
+    return [{key: value for key, value in row.items() if key not in AUDIT_KEYS} for row in rows]
 
 
 async def read_list(path: str, token: str, **params) -> list[dict]:
@@ -360,9 +358,7 @@ async def test_the_export_has_the_rows_of_the_list(tokens, small_pages, params):
     listed = await read_list(EVENTS, tokens["auditor"], limit=4, **params)
     assert listed  # every case selects something
     _response, body, _chunks = await download(tokens["auditor"], format="json", **params)
-    exported = json.loads(body)
-    assert all("actor" in row for row in exported)  # the export adds who acted; the list does not
-    assert [{k: v for k, v in row.items() if k != "actor"} for row in exported] == listed
+    assert json.loads(body) == listed
 
 
 async def test_after_resumes_an_interrupted_export(tokens, small_pages):
