@@ -44,6 +44,8 @@ from events.selectors import CONTRACT_FIELDS
 
 from .models import AuditEntry
 
+# Rows read per page: the export's memory grows with it (a million rows, PostgreSQL, benchmarks/export.py:
+# 5,000 peaked at 132.6-134.7 MB, 2,000 at 124.5-126.1 MB; the goal is under 130), its rate barely does.
 EXPORT_PAGE_SIZE = 2_000
 ENCODE_SLICE = 1_000
 # The keys of each row, in the contract's order: the event's, then `position`.
