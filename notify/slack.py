@@ -1,7 +1,7 @@
 """Slack: a Block Kit message in SLACK_CHANNEL for each request that waits for a person, kept up to date
 whoever decides and wherever, with thread replies on escalation and before the deadline.
 
-The notifier follows the store (notify.notifiers.notifier_step), so Slack hears only of what committed,
+The notifier follows the store (notify.following.notifier_step), so Slack hears only of what committed,
 and every change of a request (a decision on the page, over REST, by expiry, one approval of several,
 a cancellation) updates its message from the request's row: the message always shows the row's state.
 Slack being away (no connection, a 5xx, rate limited) stops the notifier at that event and it is tried
@@ -27,8 +27,8 @@ from slack_sdk.errors import SlackApiError, SlackRequestError
 from hitl.models import ApprovalRequest, ApprovalStatus, OnExpire
 
 from .conf import notify_settings
+from .following import ESCALATED, NEW, Pause, TryAgain, deciders, request_url
 from .models import SlackMessage
-from .notifiers import ESCALATED, NEW, Pause, TryAgain, deciders, request_url
 
 logger = logging.getLogger("notify")
 

@@ -37,8 +37,8 @@ from hitl.models import DecisionChannel
 from hitl.services import approval_decidable_get, approval_decide
 
 from .conf import notify_settings
+from .following import TryAgain
 from .models import NotificationPreference
-from .notifiers import TryAgain
 from .services import preference_save
 from .slack import (
     APPROVE,
