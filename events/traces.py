@@ -190,11 +190,11 @@ _TRACE_ROW = (
     '<td class="events-event" style="padding-left: {indent}em;">{branch}<a href="{url}">{event_type}</a>'
     "{notes}</td>"
     '<td><a href="{url}">#{position}</a></td>'
-    "<td>{when}</td>"
+    '<td class="events-when">{when}</td>'
     '<td class="events-duration events-since-parent">{since_parent}</td>'
     '<td class="events-duration events-since-previous">{since_previous}</td>'
     '<td class="events-duration events-since-start">{since_start}</td>'
-    "<td>{source}</td><td>{actor}</td><td>{session}</td>"
+    '<td class="events-word">{source}</td><td class="events-word">{actor}</td><td>{session}</td>'
     '<td class="events-summary">{summary}</td></tr>'
 )
 
